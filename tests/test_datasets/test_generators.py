@@ -1,0 +1,110 @@
+"""The generators: valid annotations, determinism, idempotent manifest."""
+
+import json
+import os
+import os.path as osp
+
+import numpy as np
+
+from gpusq_mm.datasets import SHAPE_CLASSES, generate_task
+from gpusq_mm.datasets.ade_textures import ADE_IDS, make_ade_image
+from gpusq_mm.datasets.cls_folders import make_cls_image
+from gpusq_mm.datasets.coco_shapes import make_coco_image
+from gpusq_mm.datasets.generate import MANIFEST
+
+
+def _load(root, split):
+    path = osp.join(root, 'annotations', f'instances_{split}2017.json')
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_coco_annotations_are_valid(coco_data_root):
+    for split, count in (('train', 8), ('val', 4)):
+        data = _load(coco_data_root, split)
+        assert len(data['images']) == count
+        assert [c['name'] for c in data['categories']] == list(SHAPE_CLASSES)
+        sizes = {
+            im['id']: (im['width'], im['height']) for im in data['images']
+        }
+        assert len(data['annotations']) >= 2 * count
+        for ann in data['annotations']:
+            w, h = sizes[ann['image_id']]
+            x, y, bw, bh = ann['bbox']
+            assert 0 <= x and 0 <= y and x + bw <= w and y + bh <= h
+            assert ann['iscrowd'] == 0 and 0 < ann['area'] <= bw * bh
+            assert 1 <= ann['category_id'] <= len(SHAPE_CLASSES)
+            assert ann['segmentation'] and all(
+                len(p) >= 6 and len(p) % 2 == 0 for p in ann['segmentation']
+            )
+            assert osp.isfile(
+                osp.join(
+                    coco_data_root,
+                    f'{split}2017',
+                    next(
+                        im['file_name']
+                        for im in data['images']
+                        if im['id'] == ann['image_id']
+                    ),
+                )
+            )
+
+
+def test_coco_scenes_are_varied():
+    shapes, classes, counts = set(), set(), []
+    for idx in range(24):
+        img, insts = make_coco_image(0, 'train', idx)
+        shapes.add(img.shape)
+        counts.append(len(insts))
+        classes.update(c for c, _ in insts)
+        # visible masks are disjoint: occluded parts are not labelled
+        total = sum(m.astype(int) for _, m in insts)
+        assert total.max() <= 1
+    assert classes == set(range(1, len(SHAPE_CLASSES) + 1))
+    assert len(shapes) > 5 and max(counts) >= 4 and min(counts) >= 1
+
+
+def test_ade_labels_use_ade_ids():
+    allowed = {0, *ADE_IDS}
+    seen = set()
+    for idx in range(12):
+        img, label = make_ade_image(0, 'training', idx)
+        assert img.shape[:2] == label.shape and label.dtype == np.uint8
+        values = set(np.unique(label).tolist())
+        assert values <= allowed and len(values - {0}) >= 2
+        seen |= values
+    assert set(ADE_IDS) <= seen
+
+
+def test_cls_balanced_round_robin():
+    labels = [make_cls_image(0, 'train', i)[1] for i in range(12)]
+    assert labels == [i % len(SHAPE_CLASSES) for i in range(12)]
+
+
+def test_generation_is_deterministic():
+    a, _ = make_coco_image(3, 'val', 5)
+    b, _ = make_coco_image(3, 'val', 5)
+    c, _ = make_coco_image(4, 'val', 5)
+    assert np.array_equal(a, b)
+    assert a.shape != c.shape or not np.array_equal(a, c)
+
+
+def test_manifest_makes_generation_idempotent(tmp_path):
+    root = generate_task('cls', str(tmp_path), 6, 6, seed=1)
+    manifest = osp.join(root, MANIFEST)
+    some_file = osp.join(root, 'train', SHAPE_CLASSES[0], '000000.JPEG')
+    stamp = os.stat(some_file).st_mtime_ns
+    assert generate_task('cls', str(tmp_path), 6, 6, seed=1) == root
+    assert os.stat(some_file).st_mtime_ns == stamp  # skipped
+    # a missing file makes it regenerate
+    os.remove(some_file)
+    generate_task('cls', str(tmp_path), 6, 6, seed=1)
+    assert osp.isfile(some_file)
+    # other settings regenerate from scratch
+    generate_task('cls', str(tmp_path), 12, 6, seed=1)
+    with open(manifest) as f:
+        assert json.load(f)['settings']['num_train'] == 12
+    n_train = sum(
+        len(files) for _, _, files in os.walk(osp.join(root, 'train'))
+    )
+    assert n_train == 12

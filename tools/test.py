@@ -1,0 +1,89 @@
+"""Evaluate a checkpoint with the config's evaluator (mAP, mIoU, top-1).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE]
+
+For a gpusq config, the student alone runs (sparse and, after QAT,
+fake-quantized), so the numbers are those of the compressed model.
+"""
+
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+import gpusq_mm  # noqa: F401  (registries, safe checkpoint loading)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save logs and metrics')
+    parser.add_argument('--out', help='dump the metrics to this json file')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, key=value',
+    )
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher',
+    )
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for path, what in (
+        (args.config, 'config'),
+        (args.checkpoint, 'checkpoint'),
+    ):
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'{what} file not found: {path}')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join(
+            './work_dirs', osp.splitext(osp.basename(args.config))[0]
+        )
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+    if 'runner_type' not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+    metrics = runner.test()
+    if args.out:
+        import json
+
+        from gpusq_mm.utils.checkpoint import _atomic_write_bytes
+
+        _atomic_write_bytes(
+            json.dumps(
+                {
+                    k: float(v) if isinstance(v, (int, float)) else v
+                    for k, v in metrics.items()
+                },
+                indent=2,
+            ).encode(),
+            args.out,
+        )
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
