@@ -1,0 +1,83 @@
+"""The interface between the GPUSQ algorithm and one task family.
+
+An adapter knows, for one kind of OpenMMLab model, where the student's
+logits appear while its own ``loss()`` runs (forward hooks on head modules,
+so the task loss is computed once and unchanged), how to run the teacher
+on the same inputs (and on the student's RoIs / matched queries), and how
+to turn both into soft-logit KD losses.
+"""
+
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn as nn
+
+from gpusq_mm.distillation import FeatureRecorder
+
+__all__ = ['TaskAdapter']
+
+
+class TaskAdapter:
+    """Base class of the task adapters.
+
+    Args:
+        student (nn.Module): the upstream student model.
+        teacher (nn.Module): the upstream teacher model.
+        parts (dict, optional): weight of each logit-KD part, by part
+            name (see ``PARTS`` of each adapter). Defaults to None.
+    """
+
+    #: human-readable names of the supported model types
+    SUPPORTED: str = ''
+    #: logit-KD parts and their default weights (log keys loss_kd_<part>)
+    PARTS: Dict[str, float] = {}
+
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module, parts: dict = None
+    ) -> None:
+        self.parts = dict(self.PARTS)
+        for key, value in (parts or {}).items():
+            if key not in self.PARTS:
+                raise KeyError(
+                    f'unknown logit-KD part {key!r} for '
+                    f'{type(self).__name__}; known: {list(self.PARTS)}'
+                )
+            self.parts[key] = float(value)
+        self.check_teacher(student, teacher)
+        self.recorder = FeatureRecorder(student, self.student_modules(student))
+
+    @classmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        """Whether this adapter handles ``model``."""
+        raise NotImplementedError
+
+    def check_teacher(self, student: nn.Module, teacher: nn.Module) -> None:
+        """Fail at build time when the teacher cannot teach this student."""
+        if not self.accepts(teacher):
+            raise TypeError(
+                f'teacher {type(teacher).__name__} is not a '
+                f'{self.SUPPORTED} like the student {type(student).__name__}'
+            )
+
+    def student_modules(self, student: nn.Module) -> List[str]:
+        """Student modules whose outputs (or inputs) carry logits / RoIs."""
+        raise NotImplementedError
+
+    @staticmethod
+    def default_feature_modules(model: nn.Module) -> List[str]:
+        """Feature-KD modules used when the config names none."""
+        names = dict(model.named_children())
+        return [n for n in ('backbone', 'neck') if n in names]
+
+    def teacher_forward(
+        self, teacher: nn.Module, inputs: torch.Tensor, data_samples: Sequence
+    ) -> dict:
+        """Run the teacher (no grad) on its inputs; return what
+        :meth:`logit_losses` needs."""
+        raise NotImplementedError
+
+    def logit_losses(
+        self, teacher_out: dict, data_samples: Sequence, temperature: float
+    ) -> Dict[str, torch.Tensor]:
+        """Unweighted soft-logit losses by part name."""
+        raise NotImplementedError
