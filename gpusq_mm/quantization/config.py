@@ -1,0 +1,145 @@
+"""Settings of GPUSQ-ViT's quantization (stage 2, sparse-aware QAT).
+
+Defaults follow the pytorch-quantization user guide and TensorRT practice
+as GPUSQ-ViT (Yu et al., CVPR 2023, arXiv 2305.10727) uses them: INT8
+weights per output channel (axis 0, max calibration), INT8 activations per
+tensor (histogram percentile 99.99 by default; entropy, MSE or max on
+request). ``w_bits=4`` gives INT4 weights: a 2:4 mask already satisfies the
+4:8 pattern of INT4 sparse kernels. LayerNorm, softmax, GELU and residual
+adds are not quantized (they stay in higher precision in TensorRT too).
+
+Skipped by default (:data:`DEFAULT_SKIP`): the patch-embedding convolution
+(its input is the normalized image) and the final prediction layers of task
+heads (class / box / mask / segmentation logits), which are sensitive and
+tiny. The attention matmuls (q @ k^T, attn @ v) are not quantized: Swin's
+``WindowMSA`` computes them inline, so it would need a re-implemented
+forward per upstream version; TensorRT keeps them in FP16 unless Q/DQ
+nodes are placed there by hand.
+"""
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional, Sequence, Tuple, Union
+
+from .quantizer import CALIB_METHODS
+
+__all__ = ['DEFAULT_SKIP', 'QuantConfig']
+
+#: Module-name regexes not quantized by default.
+DEFAULT_SKIP: Tuple[str, ...] = (
+    r'(^|\.)patch_embed\.(projection|proj)$',
+    r'(^|\.)(rpn_cls|rpn_reg|fc_cls|fc_reg|conv_logits)$',
+    r'(^|\.)(conv_cls|conv_reg|conv_centerness|conv_seg)$',
+    r'(^|\.)(retina_cls|retina_reg|atss_cls|atss_reg|atss_centerness)$',
+    r'(^|\.)head\.fc$',
+    r'(^|\.)head\.layers\.head$',
+    r'^teacher(\.|$)',
+)
+
+
+@dataclass
+class QuantConfig:
+    """Quantization settings (``GPUSQ(quantization=dict(...))`` keys).
+
+    Args:
+        w_bits (int): weight bits, 8 or 4. Defaults to 8.
+        a_bits (int): activation (input) bits. Defaults to 8.
+        w_per_channel (bool): per-output-channel weight ranges (axis 0).
+            Defaults to True.
+        quantize_inputs (bool): fake-quantize layer inputs. Defaults to
+            True.
+        narrow_range (bool): symmetric integer range
+            (``[-127, 127]``). Defaults to False (``[-128, 127]``).
+        fast_fake_quant (bool): our vectorized in-place fake quantization
+            (same numbers) instead of pytorch-quantization's
+            ``fake_tensor_quant``. Defaults to True.
+        skip (Sequence[str]): extra module-name regexes (``re.search``)
+            not to quantize. Defaults to ``()``.
+        skip_types (Sequence): module classes or class names not to
+            quantize. Defaults to ``()``.
+        use_default_skip (bool): also skip :data:`DEFAULT_SKIP`.
+            Defaults to True.
+        include (Sequence[str]): when non-empty, only module names
+            matching one of these regexes are quantized. Defaults to ``()``.
+        calib (dict): activation calibration: ``method`` (one of
+            ``'max'``, ``'percentile'``, ``'entropy'``, ``'mse'``),
+            ``percentile``, ``num_bins``, ``start_bin``, ``stride``.
+            Defaults to percentile 99.99 over 2048 bins. ``'entropy'`` is
+            pytorch-quantization's pure-Python KL search (about a second
+            per quantizer at 2048 bins; raise ``stride`` to speed it up);
+            ``'mse'`` is our vectorized, device-agnostic version of its
+            search.
+    """
+
+    w_bits: int = 8
+    a_bits: int = 8
+    w_per_channel: bool = True
+    quantize_inputs: bool = True
+    narrow_range: bool = False
+    fast_fake_quant: bool = True
+    skip: Sequence[str] = ()
+    skip_types: Sequence = ()
+    use_default_skip: bool = True
+    include: Sequence[str] = ()
+    calib: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in ('w_bits', 'a_bits'):
+            bits = getattr(self, key)
+            assert isinstance(bits, int) and 2 <= bits <= 16, (
+                f'{key} must be an int in [2, 16], got {bits!r}'
+            )
+        self.calib = normalize_calib(self.calib)
+
+    @classmethod
+    def build(cls, cfg: Optional[Union['QuantConfig', dict]]) -> 'QuantConfig':
+        """A config from ``None``, a dict or a config (typos fail)."""
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, cls):
+            return cfg
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - names)
+        if unknown:
+            raise KeyError(
+                f'unknown quantization keys {unknown}; known: {sorted(names)}'
+            )
+        return cls(**dict(cfg))
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (for logs)."""
+        return asdict(self)
+
+    @property
+    def skip_patterns(self) -> Tuple[str, ...]:
+        """All module-name regexes to skip."""
+        base = DEFAULT_SKIP if self.use_default_skip else ()
+        return tuple(base) + tuple(self.skip)
+
+
+_CALIB_DEFAULTS = dict(
+    method='percentile',
+    percentile=99.99,
+    num_bins=2048,
+    start_bin=128,
+    stride=1,
+)
+
+
+def normalize_calib(calib: Optional[dict]) -> dict:
+    """Fill calibration defaults and check the keys and method."""
+    calib = dict(calib or {})
+    unknown = sorted(set(calib) - set(_CALIB_DEFAULTS))
+    if unknown:
+        raise KeyError(
+            f'unknown calibration keys {unknown}; known: '
+            f'{sorted(_CALIB_DEFAULTS)}'
+        )
+    out = dict(_CALIB_DEFAULTS, **calib)
+    assert out['method'] in CALIB_METHODS, (
+        f'calibration method must be one of {CALIB_METHODS}, got '
+        f'{out["method"]!r}'
+    )
+    assert 0 < out['percentile'] <= 100, (
+        f'percentile must be in (0, 100], got {out["percentile"]!r}'
+    )
+    return out
