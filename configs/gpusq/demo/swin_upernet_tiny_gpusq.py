@@ -1,0 +1,62 @@
+# GPUSQ on the tiny dense Swin UperNet of the demo, in one training run:
+# load the dense weights -> prune to 2:4 -> sparse fine-tune with KD
+# (stage 1) -> calibrate -> INT8 QAT with KD (stage 2).
+#   python tools/train.py configs/gpusq/demo/swin_upernet_tiny_gpusq.py \
+#       --cfg-options model.teacher.checkpoint=DENSE.pth
+_base_ = [
+    './swin_upernet_tiny_dense.py', '../../_base_/gpusq/qat_int8.py'
+]
+
+teacher_ckpt = 'work_dirs/swin_upernet_tiny_dense/iter_400.pth'
+stage1_iters = 200
+qat_iters = 60
+
+model = dict(
+    _delete_=True,
+    type='gpusq_mm.GPUSQ',
+    architecture=_base_.model,
+    teacher=dict(
+        config='{{fileDirname}}/swin_upernet_tiny_dense.py',
+        checkpoint=teacher_ckpt),
+    sparsity=dict(pattern='2:4'),
+    quantization=_base_.gpusq_quantization,
+    distill=dict(
+        hard=1.0,
+        logits=dict(weight=10.0, T=2.0),
+        features=dict(weight=5.0, loss='mse')),
+)
+
+train_cfg = dict(
+    type='IterBasedTrainLoop',
+    max_iters=stage1_iters + qat_iters,
+    val_interval=stage1_iters)
+param_scheduler = [
+    dict(
+        type='CosineAnnealingLR',
+        eta_min_ratio=0.05,
+        by_epoch=False,
+        begin=0,
+        end=stage1_iters),
+    dict(
+        type='CosineAnnealingLR',
+        eta_min_ratio=0.0,
+        by_epoch=False,
+        begin=stage1_iters,
+        end=stage1_iters + qat_iters),
+]
+optim_wrapper = dict(optimizer=dict(lr=5e-4))
+custom_hooks = [
+    dict(type='gpusq_mm.SparsityHook'),
+    dict(
+        type='gpusq_mm.QATHook',
+        begin_iter=stage1_iters,
+        num_batches=8,
+        lr_factor=0.05),
+    dict(type='gpusq_mm.StudentCheckpointHook'),
+]
+default_hooks = dict(
+    checkpoint=dict(
+        by_epoch=False,
+        interval=stage1_iters,
+        max_keep_ckpts=3,
+        save_last=True))
