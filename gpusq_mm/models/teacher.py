@@ -118,7 +118,27 @@ def build_teacher(
     load_checkpoint(
         teacher, checkpoint, map_location='cpu', strict=strict, logger=None
     )
+    check_finite(teacher, f'teacher checkpoint {checkpoint!r}')
     return freeze(teacher)
+
+
+def check_finite(model: nn.Module, what: str) -> None:
+    """Raise if a floating-point parameter or buffer holds NaN / inf.
+
+    A teacher (and the student initialised from it) with non-finite
+    weights only surfaces much later, as NaN losses or a Hungarian
+    matcher refusing a NaN cost matrix; name the tensors up front.
+    """
+    bad = [
+        name
+        for name, t in model.state_dict().items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        shown = ', '.join(bad[:5]) + (' ...' if len(bad) > 5 else '')
+        raise ValueError(
+            f'{what}: {len(bad)} tensor(s) hold NaN or inf: {shown}'
+        )
 
 
 def normalization_of(

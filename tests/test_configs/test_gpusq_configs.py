@@ -33,6 +33,10 @@ def _teacher_checkpoint(cfg, tmp_path) -> str:
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope(scope):
         teacher = MODELS.build(model_cfg)
+    # parameters such as DINO's level_embed are allocated uninitialised
+    # and only set by init_weights(): without it the 'teacher' can hold
+    # whatever was in memory, NaN included
+    teacher.init_weights()
     path = str(tmp_path / 'teacher.pth')
     torch.save({'state_dict': teacher.state_dict()}, path)
     return path

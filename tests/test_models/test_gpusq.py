@@ -48,6 +48,7 @@ def cls_model(dims=16, mean=MEAN, std=STD, to_rgb=True, classes=5):
 def save_model(cfg, path, seed=0):
     torch.manual_seed(seed)
     model = MODELS.build(cfg)
+    model.init_weights()
     torch.save({'state_dict': model.state_dict()}, path)
     return path
 
@@ -70,6 +71,16 @@ def batch(n=2, size=32, seed=0):
 @pytest.fixture
 def teacher_ckpt(tmp_path):
     return save_model(cls_model(), str(tmp_path / 'teacher.pth'), seed=1)
+
+
+def test_non_finite_teacher_is_refused_by_name(tmp_path, teacher_ckpt):
+    state = torch.load(teacher_ckpt, weights_only=True)
+    key = 'head.fc.weight'
+    state['state_dict'][key][0, 0] = float('nan')
+    bad = str(tmp_path / 'nan_teacher.pth')
+    torch.save(state, bad)
+    with pytest.raises(ValueError, match=f'nan_teacher.pth.*{key}'):
+        build(bad)
 
 
 def build(teacher_ckpt, **kwargs):

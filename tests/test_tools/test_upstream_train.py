@@ -40,6 +40,7 @@ def _dense_checkpoint(config: str, path: str) -> str:
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope(scope):
         model = MODELS.build(model_cfg)
+    model.init_weights()  # some parameters are allocated uninitialised
     torch.save({'state_dict': model.state_dict()}, path)
     return path
 
