@@ -65,7 +65,10 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=image_scale, keep_ratio=True),
-    dict(type='Pad', size=image_scale),
+    # no Pad here: it sets img_shape to the padded size, so predicted boxes
+    # are clipped to the padding, not the image, and a box lying wholly in
+    # the padding crashes mmdet's CPU mask pasting (the data preprocessor
+    # pads to a multiple of 32 instead)
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(
         type='PackDetInputs',
