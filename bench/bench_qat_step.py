@@ -17,7 +17,7 @@ step best). Target: <= 1.15x.
 Usage::
 
     python bench/bench_qat_step.py [--steps 6] [--device cpu] [--w-bits 8]
-        [--threads N] [--no-masks]
+        [--threads N] [--no-masks] [--attention]
 """
 
 import argparse
@@ -60,6 +60,11 @@ def main() -> None:
     parser.add_argument('--w-bits', type=int, default=8)
     parser.add_argument('--no-masks', action='store_true')
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument(
+        '--attention',
+        action='store_true',
+        help='also quantize the attention matmul operands',
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,7 +86,9 @@ def main() -> None:
         attach_masks(qat)
         compute_masks(qat)
         upkeep = MaskUpkeep(qat)
-    names = quantize_model(qat, dict(w_bits=args.w_bits))
+    names = quantize_model(
+        qat, dict(w_bits=args.w_bits, quantize_attention=args.attention)
+    )
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     calibrate(qat, qat, [x], calib=dict(method='max'))
     enable_fake_quant(qat)
@@ -102,6 +109,7 @@ def main() -> None:
         f'Swin-T batch {args.batch} {args.size}^2 on {device} '
         f'({torch.get_num_threads()} threads), {len(names)} quantized '
         f'layers, W{args.w_bits}A8, masks {"off" if upkeep is None else "on"}'
+        f'{", attention matmuls quantized" if args.attention else ""}'
     )
     for key, values in times.items():
         print(

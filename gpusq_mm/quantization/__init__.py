@@ -10,8 +10,15 @@ quantizers and fine-tuned with distillation while its masks stay enforced.
 - :func:`calibrate`, :func:`enable_fake_quant`: calibration (max /
   percentile / entropy / MSE, CPU or GPU, amax all-reduced under DDP) and
   the switch to QAT.
+- :func:`quantize_attention` (``quantize_attention=True``): optional
+  quantizers on the attention matmul operands (q, k, v, softmax output).
 """
 
+from .attention import (
+    ATTENTION_QUANTIZERS,
+    quantize_attention,
+    select_attention,
+)
 from .calibration import (
     calibrate,
     calibrate_weights,
@@ -33,6 +40,7 @@ from .modules import (
 from .quantizer import CALIB_METHODS, GPUSQTensorQuantizer, mse_amax
 
 __all__ = [
+    'ATTENTION_QUANTIZERS',
     'CALIB_METHODS',
     'DEFAULT_SKIP',
     'GPUSQTensorQuantizer',
@@ -48,8 +56,10 @@ __all__ = [
     'mse_amax',
     'normalize_calib',
     'quant_state',
+    'quantize_attention',
     'quantize_model',
     'quantized_layers',
     'quantizers',
+    'select_attention',
     'select_quant_layers',
 ]

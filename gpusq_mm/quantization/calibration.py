@@ -83,19 +83,22 @@ def calibrate(
             each batch (e.g. to update a progress bar). Defaults to None.
 
     Returns:
-        dict: ``batches`` (run), ``inputs`` (input quantizers calibrated),
-        ``weights`` (weight quantizers calibrated), ``unseen`` (names of
-        input quantizers no batch reached; they stay off), ``method``.
+        dict: ``batches`` (run), ``inputs`` (activation quantizers
+        calibrated), ``weights`` (weight quantizers calibrated), ``unseen``
+        (names of activation quantizers no batch reached; they stay off),
+        ``method``.
     """
     if calib is None:
         cfg = getattr(model, 'gpusq_quant_cfg', None)
         calib = cfg.calib if cfg is not None else None
     calib = normalize_calib(calib)
     all_q = quantizers(model)
+    # every activation quantizer: layer inputs and, when quantized, the
+    # attention matmul operands
     inputs = {
         n: q
         for n, q in all_q.items()
-        if n.endswith('_input_quantizer') and not q.frozen_off
+        if not n.endswith('_weight_quantizer') and not q.frozen_off
     }
     enabled = [q for q in all_q.values() if q.enabled]
     for q in enabled:  # calibrate the FP model

@@ -11,10 +11,11 @@ adds are not quantized (they stay in higher precision in TensorRT too).
 Skipped by default (:data:`DEFAULT_SKIP`): the patch-embedding convolution
 (its input is the normalized image) and the final prediction layers of task
 heads (class / box / mask / segmentation logits), which are sensitive and
-tiny. The attention matmuls (q @ k^T, attn @ v) are not quantized: Swin's
-``WindowMSA`` computes them inline, so it would need a re-implemented
-forward per upstream version; TensorRT keeps them in FP16 unless Q/DQ
-nodes are placed there by hand.
+tiny. The attention matmul inputs (q, k, v and the softmax output of
+Swin's ``WindowMSA``) are quantized only with ``quantize_attention=True``
+(see :mod:`gpusq_mm.quantization.attention`): TensorRT runs those matmuls
+in INT8 only where Q/DQ nodes are placed, and the paper quantizes the
+Linear layers.
 """
 
 from dataclasses import asdict, dataclass, field, fields
@@ -60,6 +61,10 @@ class QuantConfig:
             Defaults to True.
         include (Sequence[str]): when non-empty, only module names
             matching one of these regexes are quantized. Defaults to ``()``.
+        quantize_attention (bool): also fake-quantize the operands of the
+            attention matmuls (``q @ k^T``, ``attn @ v``) of every module
+            with a ``qkv`` Linear and a ``softmax`` child (Swin's
+            ``WindowMSA``), per tensor with ``a_bits``. Defaults to False.
         calib (dict): activation calibration: ``method`` (one of
             ``'max'``, ``'percentile'``, ``'entropy'``, ``'mse'``),
             ``percentile``, ``num_bins``, ``start_bin``, ``stride``.
@@ -80,6 +85,7 @@ class QuantConfig:
     skip_types: Sequence = ()
     use_default_skip: bool = True
     include: Sequence[str] = ()
+    quantize_attention: bool = False
     calib: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -208,6 +208,8 @@ def quantize_model(
 ) -> List[str]:
     """Swap Linear / Conv2d layers in place for fake-quantized ones.
 
+    With ``cfg.quantize_attention`` the attention matmul operands get
+    quantizers too (:func:`~gpusq_mm.quantization.quantize_attention`).
     Call it when the model is built (before checkpoints load): every
     quantizer holds placeholder ``_amax`` / ``_calibrated`` / ``_enabled``
     buffers, all disabled. The settings are kept as
@@ -255,5 +257,9 @@ def quantize_model(
             device=weight.device,
         )
         module._input_quantizer.frozen_off = not cfg.quantize_inputs
+    if cfg.quantize_attention:
+        from .attention import quantize_attention
+
+        quantize_attention(model, cfg)
     model.gpusq_quant_cfg = cfg
     return list(quantized_layers(model))

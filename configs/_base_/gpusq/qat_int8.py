@@ -22,6 +22,9 @@ gpusq_quantization = dict(
     skip=[],  # module-name regexes, added to the defaults
     skip_types=[],
     use_default_skip=True,  # patch embedding + prediction layers
+    # True: also quantize the attention matmul operands (q, k, v, softmax
+    # output) of Swin's WindowMSA; the paper quantizes the Linear layers
+    quantize_attention=False,
     calib=dict(method='percentile', percentile=99.99, num_bins=2048),
 )
 
