@@ -110,7 +110,7 @@ def test_sparse_then_qat_stages_with_resume(tmp_path, cls_data_root):
     base = tiny_cls_config(cls_data_root)
     cfg = gpusq_cfg(base, str(tmp_path), iters=4)
     cfg.model.sparsity = dict(pattern='2:4')
-    cfg.model.quantization = dict(w_bits=8, a_bits=8)
+    cfg.model.quantization = dict(w_bits=8, a_bits=8, quantize_attention=True)
     cfg.custom_hooks += [
         dict(type='gpusq_mm.SparsityHook'),
         dict(
@@ -124,6 +124,8 @@ def test_sparse_then_qat_stages_with_resume(tmp_path, cls_data_root):
     runner = _train(cfg)
     model = runner.model
     assert model.stage == 2
+    attn_q = _attention_quantizers(model.architecture)
+    assert attn_q and all(q.enabled and q.calibrated for q in attn_q.values())
     stats = model.feature_kd.stats
     assert bool(stats.frozen) and stats.count.tolist() == [2, 2]
     snapshot = model.teacher
@@ -146,3 +148,20 @@ def test_sparse_then_qat_stages_with_resume(tmp_path, cls_data_root):
     assert model2.teacher is not model2.dense_teacher
     for k, v in snapshot.state_dict().items():
         assert torch.equal(model2.teacher.state_dict()[k], v), k
+    # the attention ranges were restored, not recalibrated (QAT continued
+    # from them for one more step; amax are not trained)
+    attn_q2 = _attention_quantizers(model2.architecture)
+    assert sorted(attn_q2) == sorted(attn_q)
+    for name, q in attn_q2.items():
+        assert q.enabled and torch.equal(q._amax, attn_q[name]._amax), name
+
+
+def _attention_quantizers(model):
+    from gpusq_mm.quantization import quantizers
+
+    return {
+        n: q
+        for n, q in quantizers(model).items()
+        if n.endswith(('_q_quantizer', '_k_quantizer', '_v_quantizer'))
+        or n.endswith('softmax._output_quantizer')
+    }
