@@ -17,7 +17,7 @@ step best). Target: <= 1.15x.
 Usage::
 
     python bench/bench_qat_step.py [--steps 6] [--device cpu] [--w-bits 8]
-        [--threads N] [--no-masks] [--attention]
+        [--threads N] [--no-masks] [--attention] [--foreach-adamw]
 """
 
 import argparse
@@ -61,6 +61,11 @@ def main() -> None:
     parser.add_argument('--no-masks', action='store_true')
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument(
+        '--foreach-adamw',
+        action='store_true',
+        help="AdamW's default foreach implementation instead of fused",
+    )
+    parser.add_argument(
         '--attention',
         action='store_true',
         help='also quantize the attention matmul operands',
@@ -92,8 +97,9 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     calibrate(qat, qat, [x], calib=dict(method='max'))
     enable_fake_quant(qat)
-    opt_dense = torch.optim.AdamW(dense.parameters(), lr=1e-4)
-    opt_qat = torch.optim.AdamW(qat.parameters(), lr=1e-4)
+    fused = not args.foreach_adamw and device.type in ('cpu', 'cuda')
+    opt_dense = torch.optim.AdamW(dense.parameters(), lr=1e-4, fused=fused)
+    opt_qat = torch.optim.AdamW(qat.parameters(), lr=1e-4, fused=fused)
 
     times = {'dense': [], 'qat': [], 'dense_cpu': [], 'qat_cpu': []}
     for i in range(args.warmup + args.steps):
@@ -109,7 +115,8 @@ def main() -> None:
         f'Swin-T batch {args.batch} {args.size}^2 on {device} '
         f'({torch.get_num_threads()} threads), {len(names)} quantized '
         f'layers, W{args.w_bits}A8, masks {"off" if upkeep is None else "on"}'
-        f'{", attention matmuls quantized" if args.attention else ""}'
+        f'{", attention matmuls quantized" if args.attention else ""}, '
+        f'AdamW {"fused" if fused else "foreach"}'
     )
     for key, values in times.items():
         print(
