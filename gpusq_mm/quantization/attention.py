@@ -27,13 +27,13 @@ An attention module is any module with a ``qkv`` ``nn.Linear`` child and a
 module boundary and is left in floating point.
 """
 
-import re
 from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from .config import QuantConfig
+from .modules import select_modules
 from .quantizer import GPUSQTensorQuantizer
 
 __all__ = [
@@ -89,23 +89,7 @@ def select_attention(
     Returns:
         list[str]: module names, in ``named_modules`` order.
     """
-    from .modules import _type_matches
-
-    cfg = QuantConfig.build(cfg)
-    skip = [re.compile(p) for p in cfg.skip_patterns]
-    include = [re.compile(p) for p in cfg.include]
-    names = []
-    for name, module in model.named_modules():
-        if not name or not _is_attention(module):
-            continue
-        if include and not any(p.search(name) for p in include):
-            continue
-        if any(p.search(name) for p in skip):
-            continue
-        if _type_matches(module, cfg.skip_types):
-            continue
-        names.append(name)
-    return names
+    return select_modules(model, QuantConfig.build(cfg), _is_attention)
 
 
 def _add_quantizers(module, names, cfg, device) -> None:

@@ -16,7 +16,7 @@ wrappers, adaptive padding) is kept. Quantizers start disabled.
 """
 
 import re
-from typing import Dict, List, Optional, Type, Union
+from typing import Callable, Dict, List, Optional, Type, Union
 
 import torch
 import torch.nn as nn
@@ -172,6 +172,33 @@ def _candidate(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.weight.dim() == 4
 
 
+def select_modules(
+    model: nn.Module,
+    cfg: QuantConfig,
+    predicate: Callable[[nn.Module], bool],
+) -> List[str]:
+    """Names of the modules passing ``predicate`` and the config's filters.
+
+    The filters: ``include`` (when non-empty, names must match one),
+    the skip regexes (:attr:`QuantConfig.skip_patterns`) and
+    ``skip_types``.
+    """
+    skip = [re.compile(p) for p in cfg.skip_patterns]
+    include = [re.compile(p) for p in cfg.include]
+    names = []
+    for name, module in model.named_modules():
+        if not name or not predicate(module):
+            continue
+        if include and not any(p.search(name) for p in include):
+            continue
+        if any(p.search(name) for p in skip):
+            continue
+        if _type_matches(module, cfg.skip_types):
+            continue
+        names.append(name)
+    return names
+
+
 def select_quant_layers(
     model: nn.Module, cfg: Optional[Union[QuantConfig, dict]] = None
 ) -> List[str]:
@@ -184,21 +211,7 @@ def select_quant_layers(
     Returns:
         list[str]: module names, in ``named_modules`` order.
     """
-    cfg = QuantConfig.build(cfg)
-    skip = [re.compile(p) for p in cfg.skip_patterns]
-    include = [re.compile(p) for p in cfg.include]
-    names = []
-    for name, module in model.named_modules():
-        if not name or not _candidate(module):
-            continue
-        if include and not any(p.search(name) for p in include):
-            continue
-        if any(p.search(name) for p in skip):
-            continue
-        if _type_matches(module, cfg.skip_types):
-            continue
-        names.append(name)
-    return names
+    return select_modules(model, QuantConfig.build(cfg), _candidate)
 
 
 def quantize_model(
