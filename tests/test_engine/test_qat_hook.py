@@ -5,11 +5,8 @@ import socket
 
 import pytest
 import torch
-import torch.nn as nn
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel
-from mmengine.runner import Runner, load_checkpoint
-from torch.utils.data import Dataset
+from mmengine.runner import load_checkpoint
 
 import gpusq_mm  # noqa: F401  (registers the hooks)
 from gpusq_mm.quantization import (
@@ -20,52 +17,19 @@ from gpusq_mm.quantization import (
 )
 from gpusq_mm.sparsity import attach_masks, is_2to4, masked_layers
 
-MASKED = ['backbone.0', 'backbone.2', 'neck']
+from .toy import MASKED, ToyAlgorithm, ToyData, ToyModel, toy_runner
 
 
-class ToyData(Dataset):
-    def __len__(self):
-        return 64
-
-    def __getitem__(self, idx):
-        gen = torch.Generator().manual_seed(idx)
-        scale = 1.0 + (idx % 7)  # shards of different ranges
-        x = torch.randn(32, generator=gen) * scale
-        return dict(inputs=x, labels=idx % 4)
-
-
-class ToyModel(BaseModel):
-    def __init__(self):
-        super().__init__()
-        self.backbone = nn.Sequential(
-            nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32)
-        )
-        self.neck = nn.Linear(32, 32)
-        self.head = nn.Module()
-        self.head.fc = nn.Linear(32, 4)
-
-    def forward(self, inputs, labels=None, mode='tensor'):
-        logits = self.head.fc(torch.relu(self.neck(self.backbone(inputs))))
-        if mode == 'loss':
-            return dict(loss=nn.functional.cross_entropy(logits, labels))
-        return logits
-
-
-class ToyAlgorithm(BaseModel):
-    """Looks like GPUSQ: ``architecture``, ``teacher``, ``begin_qat``."""
+class RecordingAlgorithm(ToyAlgorithm):
+    """The toy algorithm with GPUSQ's ``begin_qat``, recording calls."""
 
     def __init__(self):
         super().__init__()
-        self.architecture = ToyModel()
-        self.teacher = ToyModel().requires_grad_(False)
         self.calls = []
 
     def begin_qat(self):
         states = quant_state(self.architecture)
         self.calls.append(states['calibrated'])
-
-    def forward(self, inputs, labels=None, mode='tensor'):
-        return self.architecture(inputs, labels, mode)
 
 
 class RecordLoss(Hook):
@@ -81,7 +45,6 @@ class RecordLoss(Hook):
 
 
 def _runner(tmp_path, name, model=None, qat=None, hooks=(), **kw):
-    torch.manual_seed(0)
     qat = dict(
         dict(type='gpusq_mm.QATHook', begin_iter=4, num_batches=3),
         progress=False,
@@ -89,32 +52,17 @@ def _runner(tmp_path, name, model=None, qat=None, hooks=(), **kw):
     )
     if 'begin_epoch' in qat:
         qat.pop('begin_iter')
-    cfg = dict(
-        model=model if model is not None else ToyModel(),
-        work_dir=str(tmp_path / name),
-        experiment_name=f'{name}_{os.getpid()}',
-        train_dataloader=dict(
-            dataset=ToyData(),
-            sampler=dict(type='DefaultSampler', shuffle=True),
-            collate_fn=dict(type='default_collate'),
-            batch_size=4,
-            num_workers=0,
-        ),
-        train_cfg=dict(by_epoch=False, max_iters=kw.pop('max_iters', 10)),
-        optim_wrapper=dict(
-            optimizer=dict(type='AdamW', lr=0.01, weight_decay=0.01)
-        ),
-        custom_hooks=[dict(type='gpusq_mm.SparsityHook'), qat, *hooks],
-        default_hooks=dict(
-            checkpoint=dict(type='CheckpointHook', interval=8, by_epoch=False),
-            logger=dict(type='LoggerHook', interval=100),
-        ),
-        log_processor=dict(by_epoch=False),
-        log_level='WARNING',
-        default_scope='mmengine',
+    kw.setdefault('max_iters', 10)
+    return toy_runner(
+        tmp_path,
+        name,
+        model=model,
+        optimizer=dict(type='AdamW', lr=0.01, weight_decay=0.01),
+        hooks=[qat, *hooks],
+        ckpt_interval=8,
+        data=ToyData(scaled=True),
+        **kw,
     )
-    cfg.update(kw)
-    return Runner(**cfg)
 
 
 def _hook(runner):
@@ -166,7 +114,7 @@ def test_qat_after_2to4_keeps_masks_and_quantizers_on(tmp_path, bits):
 
 
 def test_algorithm_begin_qat_called_first_and_only_student(tmp_path):
-    model = ToyAlgorithm()
+    model = RecordingAlgorithm()
     runner = _runner(tmp_path, 'algo', model=model, max_iters=6)
     runner.train()
     assert model.calls == [0]  # before calibration, exactly once
@@ -307,7 +255,7 @@ def test_calibration_with_infinite_sampler_and_persistent_workers(tmp_path):
         'infinite',
         max_iters=8,
         train_dataloader=dict(
-            dataset=ToyData(),
+            dataset=ToyData(scaled=True),
             sampler=dict(type='InfiniteSampler', shuffle=True),
             collate_fn=dict(type='default_collate'),
             batch_size=4,

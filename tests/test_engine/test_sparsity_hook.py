@@ -6,11 +6,7 @@ import socket
 
 import pytest
 import torch
-import torch.nn as nn
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel
-from mmengine.runner import Runner
-from torch.utils.data import Dataset
 
 import gpusq_mm  # noqa: F401  (registers gpusq_mm.SparsityHook)
 from gpusq_mm.sparsity import (
@@ -19,45 +15,7 @@ from gpusq_mm.sparsity import (
     masked_layers,
 )
 
-MASKED = ['backbone.0', 'backbone.2', 'neck']
-
-
-class ToyData(Dataset):
-    def __len__(self):
-        return 64
-
-    def __getitem__(self, idx):
-        gen = torch.Generator().manual_seed(idx)
-        return dict(inputs=torch.randn(32, generator=gen), labels=idx % 4)
-
-
-class ToyModel(BaseModel):
-    def __init__(self):
-        super().__init__()
-        self.backbone = nn.Sequential(
-            nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32)
-        )
-        self.neck = nn.Linear(32, 32)
-        self.head = nn.Module()
-        self.head.fc = nn.Linear(32, 4)
-
-    def forward(self, inputs, labels=None, mode='tensor'):
-        logits = self.head.fc(torch.relu(self.neck(self.backbone(inputs))))
-        if mode == 'loss':
-            return dict(loss=nn.functional.cross_entropy(logits, labels))
-        return logits
-
-
-class ToyAlgorithm(BaseModel):
-    """Looks like GPUSQ: a student ``architecture`` and a ``teacher``."""
-
-    def __init__(self):
-        super().__init__()
-        self.architecture = ToyModel()
-        self.teacher = ToyModel().requires_grad_(False)
-
-    def forward(self, inputs, labels=None, mode='tensor'):
-        return self.architecture(inputs, labels, mode)
+from .toy import MASKED, ToyAlgorithm, ToyModel, toy_runner
 
 
 class PerturbOnRank1(Hook):
@@ -72,35 +30,7 @@ class PerturbOnRank1(Hook):
                     p.normal_()
 
 
-def _runner(tmp_path, name, model=None, optimizer=None, hooks=(), **kw):
-    torch.manual_seed(0)
-    optimizer = optimizer or dict(type='AdamW', lr=0.01, weight_decay=0.1)
-    cfg = dict(
-        model=model if model is not None else ToyModel(),
-        work_dir=str(tmp_path / name),
-        experiment_name=f'{name}_{os.getpid()}',
-        train_dataloader=dict(
-            dataset=ToyData(),
-            sampler=dict(type='DefaultSampler', shuffle=True),
-            collate_fn=dict(type='default_collate'),
-            batch_size=4,
-            num_workers=0,
-        ),
-        train_cfg=dict(by_epoch=False, max_iters=kw.pop('max_iters', 20)),
-        optim_wrapper=dict(optimizer=optimizer),
-        custom_hooks=[dict(type='gpusq_mm.SparsityHook'), *hooks],
-        default_hooks=dict(
-            checkpoint=dict(
-                type='CheckpointHook', interval=10, by_epoch=False
-            ),
-            logger=dict(type='LoggerHook', interval=100),
-        ),
-        log_processor=dict(by_epoch=False),
-        log_level='WARNING',
-        default_scope='mmengine',
-    )
-    cfg.update(kw)
-    return Runner(**cfg)
+_runner = toy_runner
 
 
 def _masks(model):
