@@ -33,8 +33,7 @@ import torch
 import torch.nn as nn
 
 from .config import QuantConfig
-from .modules import select_modules
-from .quantizer import GPUSQTensorQuantizer
+from .modules import activation_quantizer, select_modules
 
 __all__ = [
     'ATTENTION_QUANTIZERS',
@@ -51,20 +50,16 @@ ATTENTION_QUANTIZERS = dict(
 
 def _qkv_output_hook(module: nn.Module, args, output: torch.Tensor):
     """Fake-quantize q, k and v (the thirds of the last dim) separately."""
-    parts = output.chunk(3, dim=-1)
-    names = ATTENTION_QUANTIZERS['qkv']
-    quantizers = [module._modules[n] for n in names]
+    quantizers = [module._modules[n] for n in ATTENTION_QUANTIZERS['qkv']]
     if all(q._disabled and not q._if_calib for q in quantizers):
-        return None  # leave the output as is: no copy
+        return None  # stage 1: leave the output as is, no split / copy
+    parts = output.chunk(3, dim=-1)
     return torch.cat([q(p) for q, p in zip(quantizers, parts)], dim=-1)
 
 
 def _softmax_output_hook(module: nn.Module, args, output: torch.Tensor):
-    """Fake-quantize the attention probabilities."""
-    quantizer = module._modules['_output_quantizer']
-    if quantizer._disabled and not quantizer._if_calib:
-        return None
-    return quantizer(output)
+    """Fake-quantize the attention probabilities (identity when off)."""
+    return module._modules['_output_quantizer'](output)
 
 
 def _is_attention(module: nn.Module) -> bool:
@@ -94,13 +89,7 @@ def select_attention(
 
 def _add_quantizers(module, names, cfg, device) -> None:
     for name in names:
-        quantizer = GPUSQTensorQuantizer(
-            cfg.a_bits,
-            narrow_range=cfg.narrow_range,
-            fast=cfg.fast_fake_quant,
-            device=device,
-        )
-        module.add_module(name, quantizer)
+        module.add_module(name, activation_quantizer(cfg, device))
 
 
 def quantize_attention(

@@ -214,6 +214,18 @@ def select_quant_layers(
     return select_modules(model, QuantConfig.build(cfg), _candidate)
 
 
+def activation_quantizer(
+    cfg: QuantConfig, device: Optional[torch.device] = None
+) -> GPUSQTensorQuantizer:
+    """A disabled per-tensor quantizer for activations (``cfg.a_bits``)."""
+    return GPUSQTensorQuantizer(
+        cfg.a_bits,
+        narrow_range=cfg.narrow_range,
+        fast=cfg.fast_fake_quant,
+        device=device,
+    )
+
+
 def quantize_model(
     model: nn.Module,
     cfg: Optional[Union[QuantConfig, dict]] = None,
@@ -263,12 +275,7 @@ def quantize_model(
             fast=cfg.fast_fake_quant,
             device=weight.device,
         )
-        module._input_quantizer = GPUSQTensorQuantizer(
-            cfg.a_bits,
-            narrow_range=cfg.narrow_range,
-            fast=cfg.fast_fake_quant,
-            device=weight.device,
-        )
+        module._input_quantizer = activation_quantizer(cfg, weight.device)
         module._input_quantizer.frozen_off = not cfg.quantize_inputs
     if cfg.quantize_attention:
         from .attention import quantize_attention
