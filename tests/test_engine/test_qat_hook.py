@@ -1,7 +1,6 @@
 """QATHook in a real MMEngine Runner on a toy model (CPU)."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -17,7 +16,15 @@ from gpusq_mm.quantization import (
 )
 from gpusq_mm.sparsity import attach_masks, is_2to4, masked_layers
 
-from .toy import MASKED, ToyAlgorithm, ToyData, ToyModel, toy_runner
+from .toy import (
+    MASKED,
+    ToyAlgorithm,
+    ToyData,
+    ToyModel,
+    init_gloo,
+    run_two_ranks,
+    toy_runner,
+)
 
 
 class RecordingAlgorithm(ToyAlgorithm):
@@ -166,15 +173,7 @@ def test_resume_mid_qat_restores_amax_without_recalibration(tmp_path):
 
 
 def _ddp_worker(rank, port, tmp_path, out):
-    os.environ.update(
-        MASTER_ADDR='127.0.0.1',
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE='2',
-    )
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group('gloo', rank=rank, world_size=2)
+    init_gloo(rank, port)
     runner = _runner(
         tmp_path,
         'ddp',
@@ -196,13 +195,7 @@ def _ddp_worker(rank, port, tmp_path, out):
 
 @pytest.mark.slow
 def test_ddp_ranks_agree_on_amax(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    out = str(tmp_path)
-    torch.multiprocessing.spawn(
-        _ddp_worker, args=(port, tmp_path, out), nprocs=2, join=True
-    )
+    out = run_two_ranks(_ddp_worker, tmp_path)
     r0 = torch.load(os.path.join(out, '0.pth'), weights_only=False)
     r1 = torch.load(os.path.join(out, '1.pth'), weights_only=False)
     assert sorted(r0) == sorted(r1) and len(r0) == 2 * len(MASKED)

@@ -2,7 +2,6 @@
 
 import copy
 import os
-import socket
 
 import pytest
 import torch
@@ -15,7 +14,14 @@ from gpusq_mm.sparsity import (
     masked_layers,
 )
 
-from .toy import MASKED, ToyAlgorithm, ToyModel, toy_runner
+from .toy import (
+    MASKED,
+    ToyAlgorithm,
+    ToyModel,
+    init_gloo,
+    run_two_ranks,
+    toy_runner,
+)
 
 
 class PerturbOnRank1(Hook):
@@ -138,15 +144,7 @@ def test_only_the_student_of_an_algorithm_is_pruned(tmp_path):
 
 
 def _ddp_worker(rank, port, tmp_path, out):
-    os.environ.update(
-        MASTER_ADDR='127.0.0.1',
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE='2',
-    )
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group('gloo', rank=rank, world_size=2)
+    init_gloo(rank, port)
     runner = _runner(
         tmp_path,
         'ddp',
@@ -170,13 +168,7 @@ def _ddp_worker(rank, port, tmp_path, out):
 
 @pytest.mark.slow
 def test_ddp_ranks_hold_identical_masks(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    out = str(tmp_path)
-    torch.multiprocessing.spawn(
-        _ddp_worker, args=(port, tmp_path, out), nprocs=2, join=True
-    )
+    out = run_two_ranks(_ddp_worker, tmp_path)
     r0 = torch.load(os.path.join(out, 'rank0.pth'), weights_only=False)
     r1 = torch.load(os.path.join(out, 'rank1.pth'), weights_only=False)
     assert sorted(r0['masks']) == MASKED

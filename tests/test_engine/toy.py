@@ -6,6 +6,7 @@ layer, skipped by default) and a GPUSQ-like algorithm wrapper.
 """
 
 import os
+import socket
 
 import torch
 import torch.nn as nn
@@ -104,3 +105,32 @@ def toy_runner(
     )
     cfg.update(kw)
     return Runner(**cfg)
+
+
+def init_gloo(rank: int, port: int) -> None:
+    """Join a 2-process gloo group on localhost (inside a spawned worker)."""
+    os.environ.update(
+        MASTER_ADDR='127.0.0.1',
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE='2',
+    )
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group('gloo', rank=rank, world_size=2)
+
+
+def run_two_ranks(worker, tmp_path) -> str:
+    """Spawn ``worker(rank, port, tmp_path, out)`` on 2 CPU processes.
+
+    Returns:
+        str: ``out``, the folder the workers write their results to.
+    """
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    out = str(tmp_path)
+    torch.multiprocessing.spawn(
+        worker, args=(port, tmp_path, out), nprocs=2, join=True
+    )
+    return out
