@@ -5,9 +5,9 @@
 #   python tools/train.py configs/gpusq/demo/swin_cls_tiny_gpusq.py \
 #       --cfg-options model.teacher.checkpoint=DENSE.pth
 # tools/demo.py runs it after training the dense teacher.
-_base_ = ['./swin_cls_tiny_dense.py', '../../_base_/gpusq/qat_int8.py']
+_base_ = ['./swin_cls_tiny_dense.py', '../../_base_/gpusq/gpusq_pipeline.py']
 
-teacher_ckpt = 'work_dirs/swin_cls_tiny_dense/epoch_12.pth'
+teacher_ckpt = 'work_dirs/swin_cls_tiny_dense/epoch_30.pth'
 stage1_epochs = 6  # sparse fine-tune with KD
 qat_epochs = 2  # ~ 10-30 % of stage 1 (pytorch-quantization guidance)
 
@@ -18,12 +18,9 @@ model = dict(
     teacher=dict(
         config='{{fileDirname}}/swin_cls_tiny_dense.py',
         checkpoint=teacher_ckpt),
-    sparsity=dict(pattern='2:4'),
+    sparsity=_base_.gpusq_sparsity,
     quantization=_base_.gpusq_quantization,
-    distill=dict(
-        hard=1.0,
-        logits=dict(weight=10.0, T=2.0),
-        features=dict(weight=5.0, loss='mse')),
+    distill=_base_.gpusq_distill,  # 1 * hard + 10 * KL(T=2) + 5 * feat MSE
 )
 
 train_cfg = dict(

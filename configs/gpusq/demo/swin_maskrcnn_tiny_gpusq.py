@@ -4,7 +4,7 @@
 #   python tools/train.py configs/gpusq/demo/swin_maskrcnn_tiny_gpusq.py \
 #       --cfg-options model.teacher.checkpoint=DENSE.pth
 _base_ = [
-    './swin_maskrcnn_tiny_dense.py', '../../_base_/gpusq/qat_int8.py'
+    './swin_maskrcnn_tiny_dense.py', '../../_base_/gpusq/gpusq_pipeline.py'
 ]
 
 teacher_ckpt = 'work_dirs/swin_maskrcnn_tiny_dense/iter_400.pth'
@@ -18,12 +18,9 @@ model = dict(
     teacher=dict(
         config='{{fileDirname}}/swin_maskrcnn_tiny_dense.py',
         checkpoint=teacher_ckpt),
-    sparsity=dict(pattern='2:4'),
+    sparsity=_base_.gpusq_sparsity,
     quantization=_base_.gpusq_quantization,
-    distill=dict(
-        hard=1.0,
-        logits=dict(weight=10.0, T=2.0),
-        features=dict(weight=5.0, loss='mse')),
+    distill=_base_.gpusq_distill,  # 1 * hard + 10 * KL(T=2) + 5 * feat MSE
 )
 
 train_cfg = dict(
