@@ -8,8 +8,8 @@
 _base_ = ['./swin_cls_tiny_dense.py', '../../_base_/gpusq/gpusq_pipeline.py']
 
 teacher_ckpt = 'work_dirs/swin_cls_tiny_dense/epoch_30.pth'
-stage1_epochs = 6  # sparse fine-tune with KD
-qat_epochs = 2  # ~ 10-30 % of stage 1 (pytorch-quantization guidance)
+stage1_epochs = 5  # sparse fine-tune with KD (see tools/demo.py SCHEDULES)
+qat_epochs = 3  # ~10 % of the dense schedule (pytorch-quantization)
 
 model = dict(
     _delete_=True,

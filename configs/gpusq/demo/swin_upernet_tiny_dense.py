@@ -13,8 +13,8 @@ data_root = 'data/gpusq_demo/ade'
 classes = ('wall', 'sky', 'floor', 'grass', 'curtain', 'rug')
 num_classes = len(classes)
 crop_size = (256, 256)
-max_iters = 400
-val_interval = 400
+max_iters = 1000
+val_interval = 1000
 embed_dims = 32
 norm_cfg = dict(type='BN', requires_grad=True)
 
