@@ -14,6 +14,9 @@ folder (a few seconds); tests read them through the upstream datasets:
   ``configs/gpusq/demo`` at those folders.
 - ``shared_data_root``: ``<repo>/../shared/data`` (real COCO / ADE20K
   samples), skipped when absent, e.g. in a user's clone.
+- ``dense_checkpoint``: factory that builds a config's model with seeded,
+  initialised random weights and saves it as a checkpoint (a stand-in
+  for a trained dense model).
 """
 
 import os.path as osp
@@ -97,3 +100,30 @@ def shared_data_root() -> str:
             'to the repository in the development checkout only)'
         )
     return SHARED_DATA
+
+
+def _dense_checkpoint(config: str, path: str, seed: int = 0):
+    import torch
+    from mmengine.registry import DefaultScope
+
+    from gpusq_mm.models.teacher import load_teacher_config
+    from gpusq_mm.registry import MODELS
+
+    model_cfg, scope = load_teacher_config(config)
+    # no pretrained backbone download: the weights are random anyway
+    model_cfg.get('backbone', {}).pop('init_cfg', None)
+    torch.manual_seed(seed)
+    with DefaultScope.overwrite_default_scope(scope):
+        model = MODELS.build(model_cfg)
+    # parameters such as DINO's level_embed are allocated uninitialised
+    # and only set by init_weights(): without it the model can hold
+    # whatever was in memory, NaN included
+    model.init_weights()
+    torch.save({'state_dict': model.state_dict()}, path)
+    return model, path
+
+
+@pytest.fixture
+def dense_checkpoint():
+    """``make(config, path, seed=0) -> (model, path)``, see module doc."""
+    return _dense_checkpoint

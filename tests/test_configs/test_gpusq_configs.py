@@ -13,33 +13,11 @@ the schedule shortened; the architectures are the configs' own.
 import os.path as osp
 
 import pytest
-import torch
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CFG_DIR = osp.join(REPO_ROOT, 'configs', 'gpusq')
 
 pytestmark = pytest.mark.slow
-
-
-def _teacher_checkpoint(cfg, tmp_path) -> str:
-    """Save a seeded random teacher of the config's teacher architecture."""
-    from mmengine.registry import DefaultScope
-
-    from gpusq_mm.models.teacher import load_teacher_config
-    from gpusq_mm.registry import MODELS
-
-    model_cfg, scope = load_teacher_config(cfg.model.teacher.config)
-    model_cfg.get('backbone', {}).pop('init_cfg', None)
-    torch.manual_seed(0)
-    with DefaultScope.overwrite_default_scope(scope):
-        teacher = MODELS.build(model_cfg)
-    # parameters such as DINO's level_embed are allocated uninitialised
-    # and only set by init_weights(): without it the 'teacher' can hold
-    # whatever was in memory, NaN included
-    teacher.init_weights()
-    path = str(tmp_path / 'teacher.pth')
-    torch.save({'state_dict': teacher.state_dict()}, path)
-    return path
 
 
 def _set_pipeline_scale(pipeline, scale):
@@ -200,7 +178,7 @@ def test_every_config_is_covered():
 
 @pytest.mark.parametrize('name', sorted(CASES))
 def test_config_trains_and_evaluates(
-    name, tmp_path, coco80_root, ade_data_root, cls_data_root
+    name, tmp_path, coco80_root, ade_data_root, cls_data_root, dense_checkpoint
 ):
     from mmengine.config import Config
     from mmengine.runner import Runner
@@ -209,7 +187,9 @@ def test_config_trains_and_evaluates(
 
     task, metric = CASES[name]
     cfg = Config.fromfile(osp.join(CFG_DIR, name))
-    cfg.model.teacher.checkpoint = _teacher_checkpoint(cfg, tmp_path)
+    cfg.model.teacher.checkpoint = dense_checkpoint(
+        cfg.model.teacher.config, str(tmp_path / 'teacher.pth')
+    )[1]
     if task == 'det':
         _det_data(cfg, coco80_root)
         # a 2-iteration model scores below the default thresholds

@@ -67,7 +67,9 @@ def test_demo_quick_writes_all_rows(tmp_path):
         assert osp.isfile(tmp_path / task / 'gpusq' / 'student_final.pth')
 
 
-def test_detector_backbone_starts_from_the_seg_model(tmp_path, coco_data_root):
+def test_detector_backbone_starts_from_the_seg_model(
+    tmp_path, coco_data_root, dense_checkpoint
+):
     """The demo's dense detector loads the dense seg model's Swin backbone.
 
     mmseg's and mmdet's Swin share their state-dict layout; every backbone
@@ -78,19 +80,14 @@ def test_detector_backbone_starts_from_the_seg_model(tmp_path, coco_data_root):
     from mmengine.config import Config
     from mmengine.registry import DefaultScope
 
-    from gpusq_mm.models.teacher import load_teacher_config
     from gpusq_mm.registry import MODELS
 
     demo = _import_demo()
-    seg_cfg, seg_scope = load_teacher_config(
-        osp.join(demo.DEMO_CFG, demo.TASKS['seg']['dense'])
+    seg, ckpt = dense_checkpoint(
+        osp.join(demo.DEMO_CFG, demo.TASKS['seg']['dense']),
+        str(tmp_path / 'seg_dense.pth'),
+        seed=1,
     )
-    torch.manual_seed(1)
-    with DefaultScope.overwrite_default_scope(seg_scope):
-        seg = MODELS.build(seg_cfg)
-    seg.init_weights()
-    ckpt = str(tmp_path / 'seg_dense.pth')
-    torch.save({'state_dict': seg.state_dict()}, ckpt)
 
     spec = demo.TASKS['det']
     assert spec['backbone_from'] == 'seg'

@@ -30,21 +30,6 @@ def _upstream_train(pkg: str) -> str:
     return path
 
 
-def _dense_checkpoint(config: str, path: str) -> str:
-    from mmengine.registry import DefaultScope
-
-    from gpusq_mm.models.teacher import load_teacher_config
-    from gpusq_mm.registry import MODELS
-
-    model_cfg, scope = load_teacher_config(config)
-    torch.manual_seed(0)
-    with DefaultScope.overwrite_default_scope(scope):
-        model = MODELS.build(model_cfg)
-    model.init_weights()  # some parameters are allocated uninitialised
-    torch.save({'state_dict': model.state_dict()}, path)
-    return path
-
-
 @pytest.mark.parametrize(
     'pkg,task,name',
     [
@@ -53,7 +38,7 @@ def _dense_checkpoint(config: str, path: str) -> str:
     ],
 )
 def test_gpusq_config_under_upstream_train_py(
-    pkg, task, name, tmp_path, coco_data_root, ade_data_root
+    pkg, task, name, tmp_path, coco_data_root, ade_data_root, dense_checkpoint
 ):
     sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
     try:
@@ -61,9 +46,9 @@ def test_gpusq_config_under_upstream_train_py(
     finally:
         sys.path.pop(0)
     root = coco_data_root if task == 'det' else ade_data_root
-    ckpt = _dense_checkpoint(
+    ckpt = dense_checkpoint(
         osp.join(DEMO, f'{name}_dense.py'), str(tmp_path / 'dense.pth')
-    )
+    )[1]
     cfg = demo.prepare_config(
         osp.join(DEMO, f'{name}_gpusq.py'),
         str(tmp_path / 'gpusq.py'),
