@@ -23,6 +23,12 @@ def test_full_schedule_is_the_demo_configs_defaults():
     from mmengine.config import Config
 
     demo = _import_demo()
+    # every task runs, each after the task its backbone comes from
+    assert sorted(demo.RUN_ORDER) == sorted(demo.TASKS)
+    for task, spec in demo.TASKS.items():
+        src = spec.get('backbone_from')
+        if src:
+            assert demo.RUN_ORDER.index(src) < demo.RUN_ORDER.index(task)
     for task, spec in demo.TASKS.items():
         sched = demo.SCHEDULES['full'][task]
         dense = Config.fromfile(osp.join(demo.DEMO_CFG, spec['dense']))

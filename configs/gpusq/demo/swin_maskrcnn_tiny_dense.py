@@ -10,8 +10,10 @@
 # initialises it from the demo's dense Swin UperNet (same tiny Swin, keys
 # ``backbone.*``), its stand-in for the ImageNet-pretrained backbone that
 # real detectors start from; from scratch, 400-600 CPU iterations leave
-# this detector near 0 bbox mAP (the loss stalls). By hand: give the backbone
-# ``init_cfg=dict(type='Pretrained', checkpoint=SEG_DENSE.pth)``.
+# this detector near 0 bbox mAP (the loss stalls). By hand, in a config
+# inheriting this one: ``model = dict(backbone=dict(init_cfg=dict(
+# _delete_=True, type='Pretrained', checkpoint='SEG_DENSE.pth')))``
+# (``_delete_`` because the base's init_cfg is None).
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 custom_imports = dict(imports=['gpusq_mm'], allow_failed_imports=False)
 default_scope = 'mmdet'
