@@ -6,10 +6,11 @@ arXiv 2305.10727): 2:4 structured pruning and sparse-aware
 quantization-aware training, both recovered with knowledge distillation.
 
 Importing the package creates the ``gpusq_mm`` registries (children of
-MMEngine's) and registers its hooks, models and datasets.
+MMEngine's) and registers its algorithm and hooks. The public config API
+is :func:`gpusq_mm.apis.wrap_config`.
 """
 
-from .registry import DATASETS, HOOKS, METRICS, MODELS, TRANSFORMS
+from .registry import HOOKS, MODELS
 from .utils.checkpoint import (
     allow_mmengine_checkpoint_types,
     enable_atomic_local_writes,
@@ -17,11 +18,8 @@ from .utils.checkpoint import (
 from .version import __version__
 
 __all__ = [
-    'DATASETS',
     'HOOKS',
-    'METRICS',
     'MODELS',
-    'TRANSFORMS',
     '__version__',
 ]
 

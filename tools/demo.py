@@ -327,16 +327,11 @@ def _set_gpusq_schedule(cfg, stage1: int, qat: int, use_qat: bool) -> None:
             )
         )
     cfg.default_hooks.checkpoint['interval'] = stage1
-    hooks = []
     for hook in cfg.custom_hooks:
-        if hook['type'].endswith('QATHook'):
-            if not use_qat:
-                continue
-            hook.pop('begin_epoch', None)
-            hook.pop('begin_iter', None)
-            hook['begin_epoch' if by_epoch else 'begin_iter'] = stage1
-        hooks.append(hook)
-    cfg.custom_hooks = hooks
+        if hook['type'].endswith('GPUSQHook'):
+            for key in ('qat_ratio', 'qat_begin_epoch', 'qat_begin_iter'):
+                hook.pop(key, None)
+            hook['qat_begin_epoch' if by_epoch else 'qat_begin_iter'] = stage1
 
 
 def prepare_config(
@@ -377,8 +372,8 @@ def prepare_config(
             cfg.custom_hooks = [
                 h
                 for h in cfg.custom_hooks
-                if h['type'].endswith('SparsityHook')
-            ]
+                if not h['type'].endswith('GPUSQHook')
+            ] + [dict(type='gpusq_mm.SparsityHook')]
     cfg.dump(dst)
     return dst
 

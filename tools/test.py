@@ -1,20 +1,24 @@
 """Evaluate a checkpoint with the config's evaluator (mAP, mIoU, top-1).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE]
+    python tools/test.py UPSTREAM_CONFIG student_final.pth --gpusq
 
-For a gpusq config, the student alone runs (sparse and, after QAT,
-fake-quantized), so the numbers are those of the compressed model.
+For a gpusq config (or an upstream one with ``--gpusq``, as trained by
+``tools/train.py UPSTREAM_CONFIG --gpusq DENSE.pth``), the student alone
+is built and runs (sparse and, after QAT, fake-quantized), so the numbers
+are those of the compressed model; no teacher is built or needed.
 """
 
 import argparse
 import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import gpusq_mm  # noqa: F401  (registries, safe checkpoint loading)
+from gpusq_mm.apis import load_config, strip_teacher, wrap_config
 
 
 def parse_args(argv=None):
@@ -23,6 +27,12 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument('--out', help='dump the metrics to this json file')
+    parser.add_argument(
+        '--gpusq',
+        action='store_true',
+        help='the checkpoint is a GPUSQ student of this upstream config '
+        '(trained with tools/train.py CONFIG --gpusq DENSE.pth)',
+    )
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -44,22 +54,23 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    for path, what in (
-        (args.config, 'config'),
-        (args.checkpoint, 'checkpoint'),
-    ):
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'{what} file not found: {path}')
-    cfg = Config.fromfile(args.config)
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(
+            f'checkpoint file not found: {args.checkpoint}'
+        )
+    cfg = load_config(args.config)
+    name = osp.splitext(osp.basename(args.config))[0]
+    if args.gpusq:
+        cfg = wrap_config(cfg, None)
+        name += '_gpusq'
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    strip_teacher(cfg)  # the student alone is evaluated
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join(
-            './work_dirs', osp.splitext(osp.basename(args.config))[0]
-        )
+        cfg.work_dir = osp.join('./work_dirs', name)
     cfg.load_from = args.checkpoint
     cfg.resume = False
     if 'runner_type' not in cfg:

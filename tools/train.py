@@ -1,11 +1,16 @@
 """Train (and compress) any OpenMMLab model with MMEngine's Runner.
 
     python tools/train.py configs/gpusq/swin_maskrcnn_coco.py
+    python tools/train.py mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py \
+        --gpusq dense.pth                 # any upstream config, compressed
     python tools/train.py CONFIG --resume            # latest in work_dir
     python tools/train.py CONFIG --resume PATH --cfg-options a.b=1
 
-Works for mmdet, mmseg and mmpretrain configs alike: the config's
-``default_scope`` decides which library's registries build it.
+Works for mmdet, mmseg and mmpretrain configs alike (files or
+``pkg::path``): the config's ``default_scope`` decides which library's
+registries build it. ``--gpusq DENSE.pth`` wraps the config with
+:func:`gpusq_mm.apis.wrap_config` (the paper's recipe; work_dir
+``work_dirs/<config>_gpusq``).
 """
 
 import argparse
@@ -17,12 +22,19 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import gpusq_mm  # noqa: F401  (registries, safe checkpoint loading)
+from gpusq_mm.apis import load_config, wrap_config
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a model')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--gpusq',
+        metavar='DENSE.pth',
+        help='compress the (upstream) config with the GPUSQ recipe: this '
+        'trained dense checkpoint is the teacher and the student start',
+    )
     parser.add_argument(
         '--resume',
         nargs='?',
@@ -55,18 +67,22 @@ def parse_args(argv=None):
 
 
 def build_cfg(args) -> Config:
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f'config file not found: {args.config}')
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)
+    name = osp.splitext(osp.basename(args.config))[0]
+    if args.gpusq is not None:
+        if not osp.isfile(args.gpusq):
+            raise FileNotFoundError(
+                f'--gpusq dense checkpoint not found: {args.gpusq}'
+            )
+        cfg = wrap_config(cfg, args.gpusq)
+        name += '_gpusq'
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join(
-            './work_dirs', osp.splitext(osp.basename(args.config))[0]
-        )
+        cfg.work_dir = osp.join('./work_dirs', name)
     if args.amp:
         optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         assert optim_wrapper in ('OptimWrapper', 'AmpOptimWrapper'), (

@@ -11,7 +11,6 @@ from .adapters import (
 )
 from .feature_kd import FeatureDistiller
 from .gpusq import GPUSQ
-from .student_checkpoint_hook import StudentCheckpointHook
 from .teacher import InputAdapter, build_teacher, load_teacher_config
 
 __all__ = [
@@ -22,7 +21,6 @@ __all__ = [
     'GPUSQ',
     'InputAdapter',
     'SegmentorAdapter',
-    'StudentCheckpointHook',
     'TaskAdapter',
     'TwoStageAdapter',
     'adapter_class_for',

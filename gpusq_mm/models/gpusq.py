@@ -6,7 +6,13 @@ teacher: the dense model) and sparse-distillation-aware QAT (stage 2,
 teacher: a frozen snapshot of the sparse FP student, per-layer feature-KD
 factors from stage-1 statistics). The loss is
 ``alpha * L_hard + beta * L_soft + gamma * sum_i w_i L_feat,i``
-(defaults 1, 10, 5; ``shared/METHOD.md``).
+(defaults 1, 10, 5: :data:`~gpusq_mm.models.distill_config.DISTILL_DEFAULTS`).
+
+The paper's recipe is the default: ``GPUSQ(architecture=cfg.model,
+teacher=dict(checkpoint='dense.pth'))`` prunes to 2:4, quantizes to INT8,
+distils with the weights above, takes the teacher's config from the
+student's and starts the student from the teacher's weights (its own
+pretrained initialization is skipped).
 
 The teacher is kept out of ``_modules``: it is not in ``parameters()`` (so
 never optimized or DDP-wrapped) nor in ``state_dict()``; ``_apply`` moves it
@@ -32,6 +38,8 @@ from .feature_kd import FeatureDistiller
 from .student import (
     apply_compression,
     disable_quantizers,
+    resolve_sparsity,
+    sparsity_options,
     student_checkpoint,
 )
 from .teacher import InputAdapter, build_teacher, freeze
@@ -50,51 +58,77 @@ class GPUSQ(BaseModel):
         architecture (dict | nn.Module): the student, exactly the upstream
             model config (mmpretrain classifier, mmseg EncoderDecoder,
             mmdet two-stage or DETR-family detector).
-        teacher (dict, optional): ``dict(config=path | 'pkg::path' | dict,
-            checkpoint=path, strict=True)``. Required for training; None
-            only builds the student (test / export). Defaults to None.
-        sparsity (dict, optional): 2:4 layer selection
-            (:class:`gpusq_mm.sparsity.SparsityConfig` keys, plus
-            ``pattern='2:4'``, ``names``); mask placeholders are attached
-            now. Defaults to None.
-        quantization (dict, optional): :func:`gpusq_mm.quantization.
-            quantize_model` settings; quantizers swapped in now, disabled.
+        teacher (dict, optional): ``dict(checkpoint=path, config=None,
+            strict=True)``; ``config`` (a path, ``'pkg::path'`` or a dict)
+            defaults to the student's own architecture. Required for
+            training; None only builds the student (test / export).
             Defaults to None.
-        distill (dict, optional): loss settings, defaults in brackets:
+        sparsity (str | dict, optional): ``'2:4'`` (the preset) or a dict
+            of :class:`gpusq_mm.sparsity.SparsityConfig` keys (``include``,
+            ``exclude``, ``exclude_types``, ``filter_fn``, alignment ...),
+            ``names``, and the options the GPUSQHook reads (``permute``,
+            ``permute_pairs``, ``permute_search``, ``mask_grad``); mask
+            placeholders are attached now. None: dense. Defaults to '2:4'.
+        quantization (str | dict, optional): ``'int8'`` / ``'int4'`` (the
+            presets) or :class:`gpusq_mm.quantization.QuantConfig` keys;
+            quantizers swapped in now, disabled. None: floating point.
+            Defaults to 'int8'.
+        distill (dict, optional): loss settings, any subset of
+            :data:`~gpusq_mm.models.distill_config.DISTILL_DEFAULTS`
+            (unknown keys at any depth are errors), defaults in brackets:
             ``hard`` [1.0] weight of the student's task loss;
-            ``logits=dict(weight [10], T [1.0], parts [adapter's])``;
+            ``logits=dict(weight [10], T [2.0], parts [adapter's])``;
             ``features=dict(weight [5], modules [backbone, neck(, encoder)],
             teacher_modules [same], loss ['mse'|'nmse'], connectors,
             gate_on_agreement [False], log_per_layer [False])``;
             ``weighting=dict(mode ['inverse'|'proportional'|'uniform'],
             momentum [None])``. Defaults to None.
-        data_preprocessor (dict, optional): used only when the student
-            has no data preprocessor; otherwise the student's own one
-            (``architecture.data_preprocessor``) preprocesses the batch.
-            Defaults to None.
+        data_preprocessor (dict, optional): the config's top-level one
+            (the Runner passes it): it becomes the student's when
+            ``architecture`` has none (mmpretrain keeps normalization and
+            ``num_classes`` there); otherwise the student's own one
+            preprocesses the batch. Defaults to None.
         init_cfg (dict, optional): initialization config.
         init_student (str): ``'teacher'``: ``init_weights()`` copies the
             teacher checkpoint's weights into the student when the two
             architectures match, so ``model.teacher.checkpoint`` is the one
             setting a user changes (``load_from`` / ``--resume`` still
             override it, as they load after ``init_weights``); ``'none'``:
-            the student's own initialization. Defaults to 'teacher'.
+            the student's own initialization. With ``'teacher'`` the
+            student's pretrained initialization (``init_cfg`` of type
+            Pretrained, ``pretrained``) is dropped, and a teacher whose
+            parameters differ from the student's is an error unless
+            ``distill.features.connectors`` bridge them. Defaults to
+            'teacher'.
     """
 
     def __init__(
         self,
         architecture: Union[dict, nn.Module],
         teacher: Optional[dict] = None,
-        sparsity: Optional[dict] = None,
-        quantization: Optional[dict] = None,
+        sparsity: Union[str, dict, None] = '2:4',
+        quantization: Union[str, dict, None] = 'int8',
         distill: Optional[dict] = None,
         data_preprocessor: Optional[dict] = None,
         init_cfg: Optional[dict] = None,
         init_student: str = 'teacher',
     ) -> None:
+        assert init_student in ('teacher', 'none'), (
+            f"init_student must be 'teacher' or 'none', got {init_student!r}"
+        )
+        teacher = _teacher_settings(teacher, architecture)
         if isinstance(architecture, nn.Module):
             student = architecture
         else:
+            architecture = copy.deepcopy(architecture)
+            if architecture.get('data_preprocessor') is None and isinstance(
+                data_preprocessor, dict
+            ):
+                architecture['data_preprocessor'] = data_preprocessor
+            if teacher is not None and teacher['config'] is None:
+                teacher['config'] = _own_config(architecture)
+            if teacher is not None and init_student == 'teacher':
+                _drop_pretrained(architecture)
             student = MODELS.build(architecture)
         adapter_cls = adapter_class_for(student)  # fail early, by name
         own = getattr(student, 'data_preprocessor', None)
@@ -108,9 +142,6 @@ class GPUSQ(BaseModel):
             data_preprocessor=data_preprocessor, init_cfg=init_cfg
         )
         self.architecture = student
-        assert init_student in ('teacher', 'none'), (
-            f"init_student must be 'teacher' or 'none', got {init_student!r}"
-        )
         self.init_student = init_student
         self._teacher_ckpt = None
         self.register_buffer('gpusq_stage', torch.zeros((), dtype=torch.long))
@@ -119,6 +150,8 @@ class GPUSQ(BaseModel):
         self.sparse_layers, self.quant_layers = apply_compression(
             student, sparsity, quantization
         )
+        #: how the GPUSQHook computes / keeps the masks (model config keys)
+        self.sparsity_options = sparsity_options(resolve_sparsity(sparsity))
         self.distill_cfg = distill_defaults(distill)
         object.__setattr__(self, '_teacher', None)
         object.__setattr__(self, '_qat_teacher', None)
@@ -129,12 +162,10 @@ class GPUSQ(BaseModel):
 
     # ---------------------------------------------------------- build
     def _build_distillation(self, teacher_cfg: dict) -> None:
-        teacher_cfg = dict(teacher_cfg)
-        unknown = set(teacher_cfg) - {'config', 'checkpoint', 'strict'}
-        if unknown or 'config' not in teacher_cfg:
-            raise KeyError(
-                'teacher must be dict(config=..., checkpoint=..., '
-                f'strict=True), got keys {sorted(teacher_cfg)}'
+        if teacher_cfg['config'] is None:
+            raise ValueError(
+                'teacher.config is required when architecture is a module '
+                '(it defaults to the architecture config only for dicts)'
             )
         self._teacher_ckpt = teacher_cfg.get('checkpoint')
         teacher = build_teacher(
@@ -172,6 +203,8 @@ class GPUSQ(BaseModel):
             weight_mode=self.distill_cfg['weighting']['mode'],
             momentum=self.distill_cfg['weighting']['momentum'],
         )
+        if self.init_student == 'teacher' and not feats['connectors']:
+            _check_same_parameters(self.architecture, teacher)
 
     def init_weights(self) -> None:
         """Initialize the student; start it from the teacher's weights."""
@@ -242,6 +275,16 @@ class GPUSQ(BaseModel):
         assert stage in STAGES, f'stage must be 0, 1 or 2, got {stage}'
         self.gpusq_stage.fill_(int(stage))
         self._past_dense = stage != 0
+
+    def begin_sparse(self) -> None:
+        """Enter the 2:4 stage (the hook calls it once masks are computed).
+
+        Stage-1 feature-KD statistics (the QAT layer factors) are tracked
+        from here on. Idempotent; never goes back from QAT.
+        """
+        if self.stage == 0:
+            self.set_stage(1)
+        self._past_dense = True
 
     def _sync_stage(self) -> None:
         """Dense -> sparse once the student's 2:4 masks are computed.
@@ -393,13 +436,12 @@ class GPUSQ(BaseModel):
             for k in list(state_dict)
             if k.startswith(prefix + QAT_PREFIX)
         }
+        if qat and self.feature_kd is None:
+            # test / export (built without a teacher): the QAT teacher of a
+            # full training checkpoint is not part of the student
+            qat = {}
         if qat:
             if self._qat_teacher is None:
-                if self.feature_kd is None:
-                    raise RuntimeError(
-                        'checkpoint holds a QAT teacher but this GPUSQ was '
-                        'built without a teacher'
-                    )
                 self._make_qat_teacher()
             self._qat_teacher.load_state_dict(qat, strict=True)
             freeze(self._qat_teacher)
@@ -420,6 +462,79 @@ class GPUSQ(BaseModel):
     def compressed_layers(self) -> Dict[str, List[str]]:
         """Names of the student's 2:4 and quantized layers."""
         return dict(sparse=self.sparse_layers, quant=self.quant_layers)
+
+
+def _teacher_settings(teacher, architecture) -> Optional[dict]:
+    """Check ``GPUSQ.teacher``'s keys; fill ``config`` / ``strict``."""
+    if teacher is None:
+        return None
+    if not isinstance(teacher, dict):
+        raise TypeError(
+            f'teacher must be dict(checkpoint=..., config=None, strict=True) '
+            f'or None, got {teacher!r}'
+        )
+    unknown = sorted(set(teacher) - {'config', 'checkpoint', 'strict'})
+    if unknown:
+        raise KeyError(
+            f'unknown teacher key(s) {unknown}; accepted: checkpoint, '
+            'config, strict'
+        )
+    return dict(
+        config=teacher.get('config'),
+        checkpoint=teacher.get('checkpoint'),
+        strict=teacher.get('strict', True),
+    )
+
+
+def _own_config(architecture: dict) -> dict:
+    """The teacher config that repeats the student's architecture."""
+    from mmengine.registry import DefaultScope
+
+    cfg = copy.deepcopy(dict(architecture))
+    scope = DefaultScope.get_current_instance()
+    if scope is not None:
+        cfg['default_scope'] = scope.scope_name
+    return cfg
+
+
+def _is_pretrained(init_cfg) -> bool:
+    if isinstance(init_cfg, (list, tuple)):
+        return any(_is_pretrained(c) for c in init_cfg)
+    return isinstance(init_cfg, dict) and 'Pretrained' in str(
+        init_cfg.get('type', '')
+    )
+
+
+def _drop_pretrained(architecture: dict) -> None:
+    """Skip the student's own pretrained init (the teacher's weights
+    replace it): ``pretrained`` and Pretrained ``init_cfg`` of the model and
+    its direct sub-configs (backbone, neck, heads)."""
+    for node in [architecture] + [
+        v for v in architecture.values() if isinstance(v, dict)
+    ]:
+        if node.get('pretrained') is not None:
+            node['pretrained'] = None
+        if _is_pretrained(node.get('init_cfg')):
+            node['init_cfg'] = None
+
+
+def _check_same_parameters(student: nn.Module, teacher: nn.Module) -> None:
+    """A student started from the teacher must have its parameters."""
+    t_state = teacher.state_dict()
+    diff = [
+        n
+        for n, p in student.named_parameters()
+        if n not in t_state or t_state[n].shape != p.shape
+    ]
+    if diff:
+        shown = ', '.join(diff[:5]) + (' ...' if len(diff) > 5 else '')
+        raise ValueError(
+            f'teacher and student architectures differ ({len(diff)} student '
+            f'parameter(s) missing or of another shape in the teacher: '
+            f'{shown}); the student cannot start from the teacher. Set '
+            "init_student='none' (and load_from=STUDENT.pth), or bridge "
+            'the features with distill.features.connectors'
+        )
 
 
 def _scale(value, weight: float):

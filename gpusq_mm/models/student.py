@@ -15,26 +15,96 @@ import torch.nn as nn
 
 from gpusq_mm.utils.checkpoint import atomic_torch_save
 
-__all__ = ['apply_compression', 'disable_quantizers', 'student_checkpoint']
+__all__ = [
+    'SPARSITY_OPTIONS',
+    'SPARSITY_PRESETS',
+    'apply_compression',
+    'disable_quantizers',
+    'resolve_quantization',
+    'resolve_sparsity',
+    'sparsity_options',
+    'student_checkpoint',
+]
 
-#: sparsity keys that configure the SparsityHook, not the layer selection
-_HOOK_KEYS = ('pattern', 'permute', 'mask_grad', 'names')
+#: Named sparsity recipes: the values are those of ``SparsityConfig``'s
+#: defaults (the one place they live); a preset only names them.
+SPARSITY_PRESETS = {'2:4': {}}
+#: Keys of ``GPUSQ.sparsity`` that the GPUSQHook reads from the model
+#: (how the masks are computed / kept), with their defaults.
+SPARSITY_OPTIONS = dict(
+    permute=False, permute_pairs=None, permute_search=None, mask_grad=False
+)
+
+
+def _preset(value, presets: dict, what: str) -> Optional[dict]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in presets:
+            raise ValueError(
+                f'unknown {what} preset {value!r}; accepted: '
+                f'{sorted(presets)} or a dict of settings, or None (off)'
+            )
+        return dict(presets[value])
+    if isinstance(value, dict):
+        return dict(value)
+    raise TypeError(
+        f'{what} must be a preset name {sorted(presets)}, a dict or None, '
+        f'got {value!r}'
+    )
+
+
+def resolve_sparsity(sparsity) -> Optional[dict]:
+    """``'2:4'`` / dict / None -> the sparsity settings (keys checked).
+
+    Raises:
+        KeyError: a key that is neither a ``SparsityConfig`` field, a
+            hook option (:data:`SPARSITY_OPTIONS`) nor ``names``.
+    """
+    from gpusq_mm.sparsity import SparsityConfig
+
+    out = _preset(sparsity, SPARSITY_PRESETS, 'sparsity')
+    if out is None:
+        return None
+    fields = {f.name for f in dataclasses.fields(SparsityConfig)}
+    known = fields | set(SPARSITY_OPTIONS) | {'names'}
+    unknown = sorted(set(out) - known)
+    if unknown:
+        raise KeyError(
+            f'unknown sparsity key(s) {unknown}; accepted: {sorted(known)}'
+        )
+    return out
+
+
+def resolve_quantization(quantization) -> Optional[dict]:
+    """``'int8'`` / ``'int4'`` / dict / None -> quantization settings
+    (presets: :data:`gpusq_mm.quantization.PRESETS`)."""
+    if quantization is None:
+        return None
+    from gpusq_mm.quantization import PRESETS
+
+    return _preset(quantization, PRESETS, 'quantization')
+
+
+def sparsity_options(sparsity: Optional[dict]) -> dict:
+    """The hook options of resolved sparsity settings, defaults filled."""
+    out = dict(SPARSITY_OPTIONS)
+    for key in SPARSITY_OPTIONS:
+        if sparsity and key in sparsity:
+            out[key] = sparsity[key]
+    assert isinstance(out['permute'], bool), (
+        f'sparsity.permute must be a bool, got {out["permute"]!r}'
+    )
+    assert isinstance(out['mask_grad'], bool), (
+        f'sparsity.mask_grad must be a bool, got {out["mask_grad"]!r}'
+    )
+    return out
 
 
 def _attach_sparsity(student: nn.Module, sparsity: dict) -> List[str]:
     from gpusq_mm.sparsity import SparsityConfig, attach_masks
 
-    sparsity = dict(sparsity)
-    pattern = sparsity.get('pattern', '2:4')
-    if pattern != '2:4':
-        raise ValueError(f"sparsity.pattern must be '2:4', got {pattern!r}")
     fields = {f.name for f in dataclasses.fields(SparsityConfig)}
-    unknown = set(sparsity) - fields - set(_HOOK_KEYS)
-    if unknown:
-        raise KeyError(
-            f'unknown sparsity keys {sorted(unknown)}; known: '
-            f'{sorted(fields | set(_HOOK_KEYS))}'
-        )
     cfg = SparsityConfig(**{k: v for k, v in sparsity.items() if k in fields})
     return attach_masks(student, sparsity.get('names'), cfg)
 
@@ -48,19 +118,23 @@ def apply_compression(
 
     Args:
         student (nn.Module): the upstream model.
-        sparsity (dict, optional): layer selection; None: dense.
-        quantization (dict, optional): quantization settings; None: FP.
+        sparsity (str | dict, optional): ``'2:4'`` or layer selection
+            settings; None: dense.
+        quantization (str | dict, optional): ``'int8'`` / ``'int4'`` or
+            ``QuantConfig`` settings; None: floating point.
 
     Returns:
         tuple[list, list]: names of the masked and the quantized layers.
     """
     sparse, quant = [], []
+    sparsity = resolve_sparsity(sparsity)
+    quantization = resolve_quantization(quantization)
     if sparsity is not None:
         sparse = _attach_sparsity(student, sparsity)
     if quantization is not None:
         from gpusq_mm.quantization import quantize_model
 
-        quant = quantize_model(student, dict(quantization))
+        quant = quantize_model(student, quantization)
     return sparse, quant
 
 

@@ -27,7 +27,7 @@ from .calibration import (
     is_calibrated,
     quant_state,
 )
-from .config import DEFAULT_SKIP, QuantConfig, normalize_calib
+from .config import DEFAULT_SKIP, PRESETS, QuantConfig, normalize_calib
 from .modules import (
     QuantConv2dMixin,
     QuantLinearMixin,
@@ -43,6 +43,7 @@ __all__ = [
     'ATTENTION_QUANTIZERS',
     'CALIB_METHODS',
     'DEFAULT_SKIP',
+    'PRESETS',
     'GPUSQTensorQuantizer',
     'QuantConfig',
     'QuantConv2dMixin',

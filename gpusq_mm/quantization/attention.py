@@ -73,8 +73,9 @@ def select_attention(
 ) -> List[str]:
     """Names of the attention modules :func:`quantize_attention` handles.
 
-    The skip / include regexes and ``skip_types`` of the config apply to
-    the attention module's name and type (``'^teacher'`` is skipped by
+    The selection keys of the config (``include`` / ``exclude`` /
+    ``exclude_types`` / ``filter_fn``) apply to the attention module's
+    name and type (``'^teacher'`` is skipped by
     default, like for the layers).
 
     Args:
@@ -106,7 +107,7 @@ def quantize_attention(
     Args:
         model (nn.Module): the student.
         cfg (QuantConfig | dict, optional): settings (``a_bits``,
-            ``narrow_range``, ``fast_fake_quant``, skip / include).
+            ``narrow_range``, ``fast_fake_quant``, selection keys).
             Defaults to None.
         names (list[str], optional): explicit attention module names;
             default: :func:`select_attention`. Defaults to None.

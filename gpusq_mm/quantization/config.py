@@ -8,33 +8,37 @@ request). ``w_bits=4`` gives INT4 weights: a 2:4 mask already satisfies the
 4:8 pattern of INT4 sparse kernels. LayerNorm, softmax, GELU and residual
 adds are not quantized (they stay in higher precision in TensorRT too).
 
-Skipped by default (:data:`DEFAULT_SKIP`): the patch-embedding convolution
-(its input is the normalized image) and the final prediction layers of task
-heads (class / box / mask / segmentation logits), which are sensitive and
-tiny. The attention matmul inputs (q, k, v and the softmax output of
-Swin's ``WindowMSA``) are quantized only with ``quantize_attention=True``
+Skipped by default: the patch-embedding convolution (its input is the
+normalized image, :data:`PATCH_EMBED`) and the final prediction layers of
+task heads (class / box / mask / segmentation logits, every family), which
+are sensitive and tiny. The selection keys (``include``, ``exclude``,
+``exclude_types``, ``filter_fn``, ``use_default_exclude``) and the list of
+prediction layers are shared with 2:4 sparsity
+(:mod:`gpusq_mm.selection`). The attention matmul inputs (q, k, v and
+the softmax output of Swin's ``WindowMSA``) are quantized only with ``quantize_attention=True``
 (see :mod:`gpusq_mm.quantization.attention`): TensorRT runs those matmuls
 in INT8 only where Q/DQ nodes are placed, and the paper quantizes the
 Linear layers.
 """
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+from gpusq_mm.selection import PREDICTION_LAYERS, TEACHER
 
 from .quantizer import CALIB_METHODS
 
-__all__ = ['DEFAULT_SKIP', 'QuantConfig']
+__all__ = ['DEFAULT_SKIP', 'PATCH_EMBED', 'PRESETS', 'QuantConfig']
 
-#: Module-name regexes not quantized by default.
-DEFAULT_SKIP: Tuple[str, ...] = (
-    r'(^|\.)patch_embed\.(projection|proj)$',
-    r'(^|\.)(rpn_cls|rpn_reg|fc_cls|fc_reg|conv_logits)$',
-    r'(^|\.)(conv_cls|conv_reg|conv_centerness|conv_seg)$',
-    r'(^|\.)(retina_cls|retina_reg|atss_cls|atss_reg|atss_centerness)$',
-    r'(^|\.)head\.fc$',
-    r'(^|\.)head\.layers\.head$',
-    r'^teacher(\.|$)',
-)
+#: Named recipes over the :class:`QuantConfig` defaults (which are INT8
+#: weights and activations): the one place their values live.
+PRESETS = {'int8': {}, 'int4': dict(w_bits=4)}
+
+#: The patch embedding, kept in floating point by default.
+PATCH_EMBED: Tuple[str, ...] = (r'(^|\.)patch_embed\.(projection|proj)$',)
+#: Module-name regexes not quantized by default (the last layer of
+#: DETR-family ``reg_branches`` MLPs too, by structure).
+DEFAULT_SKIP: Tuple[str, ...] = PATCH_EMBED + PREDICTION_LAYERS + (TEACHER,)
 
 
 @dataclass
@@ -53,14 +57,17 @@ class QuantConfig:
         fast_fake_quant (bool): our vectorized in-place fake quantization
             (same numbers) instead of pytorch-quantization's
             ``fake_tensor_quant``. Defaults to True.
-        skip (Sequence[str]): extra module-name regexes (``re.search``)
-            not to quantize. Defaults to ``()``.
-        skip_types (Sequence): module classes or class names not to
+        exclude (Sequence[str]): extra module-name regexes
+            (``re.search``) not to quantize. Defaults to ``()``.
+        exclude_types (Sequence): module classes or class names not to
             quantize. Defaults to ``()``.
-        use_default_skip (bool): also skip :data:`DEFAULT_SKIP`.
-            Defaults to True.
+        use_default_exclude (bool): also skip the patch embedding and the
+            final prediction layers. Defaults to True.
         include (Sequence[str]): when non-empty, only module names
             matching one of these regexes are quantized. Defaults to ``()``.
+        filter_fn (Callable, optional): ``filter_fn(module, name)``;
+            returning False keeps the layer in floating point. Defaults to
+            None.
         quantize_attention (bool): also fake-quantize the operands of the
             attention matmuls (``q @ k^T``, ``attn @ v``) of every module
             with a ``qkv`` Linear and a ``softmax`` child (Swin's
@@ -81,10 +88,11 @@ class QuantConfig:
     quantize_inputs: bool = True
     narrow_range: bool = False
     fast_fake_quant: bool = True
-    skip: Sequence[str] = ()
-    skip_types: Sequence = ()
-    use_default_skip: bool = True
+    exclude: Sequence[str] = ()
+    exclude_types: Sequence = ()
+    use_default_exclude: bool = True
     include: Sequence[str] = ()
+    filter_fn: Optional[Callable] = None
     quantize_attention: bool = False
     calib: dict = field(default_factory=dict)
 
@@ -95,14 +103,32 @@ class QuantConfig:
                 f'{key} must be an int in [2, 16], got {bits!r}'
             )
         self.calib = normalize_calib(self.calib)
+        for key in ('include', 'exclude', 'exclude_types'):
+            value = getattr(self, key)
+            if isinstance(value, (str, type)):
+                value = (value,)
+            setattr(self, key, tuple(value))
+        assert self.filter_fn is None or callable(self.filter_fn), (
+            f'filter_fn must be callable(module, name), got {self.filter_fn!r}'
+        )
 
     @classmethod
-    def build(cls, cfg: Optional[Union['QuantConfig', dict]]) -> 'QuantConfig':
-        """A config from ``None``, a dict or a config (typos fail)."""
+    def build(
+        cls, cfg: Optional[Union['QuantConfig', dict, str]]
+    ) -> 'QuantConfig':
+        """A config from ``None``, a preset name (:data:`PRESETS`), a dict
+        or a config (typos fail)."""
         if cfg is None:
             return cls()
         if isinstance(cfg, cls):
             return cfg
+        if isinstance(cfg, str):
+            if cfg not in PRESETS:
+                raise ValueError(
+                    f'unknown quantization preset {cfg!r}; accepted: '
+                    f'{sorted(PRESETS)}'
+                )
+            cfg = PRESETS[cfg]
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - names)
         if unknown:
@@ -117,9 +143,9 @@ class QuantConfig:
 
     @property
     def skip_patterns(self) -> Tuple[str, ...]:
-        """All module-name regexes to skip."""
-        base = DEFAULT_SKIP if self.use_default_skip else ()
-        return tuple(base) + tuple(self.skip)
+        """The module-name regexes to skip (defaults + ``exclude``)."""
+        base = DEFAULT_SKIP if self.use_default_exclude else ()
+        return tuple(base) + tuple(self.exclude)
 
 
 _CALIB_DEFAULTS = dict(

@@ -22,7 +22,9 @@ import torch
 import torch.nn as nn
 from pytorch_quantization import nn as quant_nn
 
-from .config import QuantConfig
+from gpusq_mm.selection import default_excluded, type_matches
+
+from .config import PATCH_EMBED, QuantConfig
 from .quantizer import GPUSQTensorQuantizer
 
 __all__ = [
@@ -152,16 +154,6 @@ def quantizers(model: nn.Module) -> Dict[str, GPUSQTensorQuantizer]:
     }
 
 
-def _type_matches(module: nn.Module, types) -> bool:
-    for t in types:
-        if isinstance(t, str):
-            if any(c.__name__ == t for c in type(module).__mro__):
-                return True
-        elif isinstance(module, t):
-            return True
-    return False
-
-
 def _candidate(module: nn.Module) -> bool:
     if is_quantized(module):
         return False
@@ -179,21 +171,27 @@ def select_modules(
 ) -> List[str]:
     """Names of the modules passing ``predicate`` and the config's filters.
 
-    The filters: ``include`` (when non-empty, names must match one),
-    the skip regexes (:attr:`QuantConfig.skip_patterns`) and
-    ``skip_types``.
+    The filters (:mod:`gpusq_mm.selection`): ``include`` (when non-empty,
+    names must match one), ``exclude`` regexes, ``exclude_types``, the
+    default exclusions (patch embedding, final prediction layers, teacher)
+    and ``filter_fn(module, name)``.
     """
-    skip = [re.compile(p) for p in cfg.skip_patterns]
+    exclude = [re.compile(p) for p in cfg.exclude]
     include = [re.compile(p) for p in cfg.include]
+    defaults = (
+        default_excluded(model, PATCH_EMBED) if cfg.use_default_exclude else {}
+    )
     names = []
     for name, module in model.named_modules():
         if not name or not predicate(module):
             continue
         if include and not any(p.search(name) for p in include):
             continue
-        if any(p.search(name) for p in skip):
+        if name in defaults or any(p.search(name) for p in exclude):
             continue
-        if _type_matches(module, cfg.skip_types):
+        if type_matches(module, cfg.exclude_types):
+            continue
+        if cfg.filter_fn is not None and not cfg.filter_fn(module, name):
             continue
         names.append(name)
     return names

@@ -19,17 +19,26 @@ cost accuracy for no speed-up.
 Skipped by default, as GPUSQ-ViT and ASP practice suggest: the final
 prediction layers of task heads (class / box / mask / segmentation logits:
 mmdet ``rpn_cls``, ``rpn_reg``, ``fc_cls``, ``fc_reg``, ``conv_logits``,
-``conv_cls``, ``conv_reg``; mmseg ``conv_seg``; mmpretrain ``head.fc`` and
-``head.layers.head``), depth-wise and grouped convolutions (no sparse GEMM),
-and everything under ``teacher``.
+``conv_cls``, ``conv_reg``; DETR-family ``cls_branches.<i>`` and the last
+layer of each ``reg_branches.<i>``; mmseg ``conv_seg``; mmpretrain
+``head.fc`` and ``head.layers.head``; the list lives in
+:mod:`gpusq_mm.selection`, shared with quantization), depth-wise and
+grouped convolutions (no sparse GEMM), and everything under ``teacher``.
 """
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Sequence, Tuple, Type, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Type, Union
 
 import torch.nn as nn
 from torch.nn.modules.conv import _ConvNd
+
+from gpusq_mm.selection import (
+    PREDICTION_LAYERS,
+    TEACHER,
+    default_excluded,
+    type_matches,
+)
 
 __all__ = [
     'DEFAULT_EXCLUDE',
@@ -40,15 +49,10 @@ __all__ = [
     'select_layers',
 ]
 
-#: Module-name regexes skipped by default (final prediction layers).
-DEFAULT_EXCLUDE: Tuple[str, ...] = (
-    r'(^|\.)(rpn_cls|rpn_reg|fc_cls|fc_reg|conv_logits)$',
-    r'(^|\.)(conv_cls|conv_reg|conv_centerness|conv_seg)$',
-    r'(^|\.)(retina_cls|retina_reg|atss_cls|atss_reg|atss_centerness)$',
-    r'(^|\.)head\.fc$',
-    r'(^|\.)head\.layers\.head$',
-    r'^teacher(\.|$)',
-)
+#: Module-name regexes skipped by default (final prediction layers and the
+#: teacher; the last layer of DETR-family ``reg_branches`` MLPs too, see
+#: :func:`gpusq_mm.selection.default_excluded`).
+DEFAULT_EXCLUDE: Tuple[str, ...] = PREDICTION_LAYERS + (TEACHER,)
 
 TypeSpec = Union[Type[nn.Module], str]
 
@@ -77,6 +81,8 @@ class SparsityConfig:
             Defaults to 8.
         pattern (str): the sparsity pattern; only ``'2:4'``. Defaults to
             ``'2:4'``.
+        filter_fn (Callable, optional): ``filter_fn(module, name)``;
+            returning False skips the layer. Defaults to None.
     """
 
     include: Sequence[str] = ()
@@ -87,6 +93,7 @@ class SparsityConfig:
     in_align: int = 16
     out_align: int = 8
     pattern: str = '2:4'
+    filter_fn: Optional[Callable[[nn.Module, str], bool]] = None
 
     def __post_init__(self) -> None:
         assert self.pattern == '2:4', (
@@ -105,6 +112,9 @@ class SparsityConfig:
         )
         for pattern in self.include + self.exclude:
             re.compile(pattern)  # fail early on a typo
+        assert self.filter_fn is None or callable(self.filter_fn), (
+            f'filter_fn must be callable(module, name), got {self.filter_fn!r}'
+        )
 
 
 @dataclass
@@ -129,14 +139,7 @@ class LayerDecision:
     extra: dict = field(default_factory=dict)
 
 
-def _type_matches(module: nn.Module, specs: Iterable[TypeSpec]) -> bool:
-    for spec in specs:
-        if isinstance(spec, str):
-            if any(c.__name__ == spec for c in type(module).__mro__):
-                return True
-        elif isinstance(module, spec):
-            return True
-    return False
+_type_matches = type_matches
 
 
 def layer_kind(module: nn.Module) -> Optional[str]:
@@ -164,7 +167,7 @@ def layer_kind(module: nn.Module) -> Optional[str]:
 
 
 def _decide(
-    name: str, module: nn.Module, cfg: SparsityConfig, excludes: tuple
+    name: str, module: nn.Module, cfg: SparsityConfig, defaults: dict
 ) -> Optional[LayerDecision]:
     kind = layer_kind(module)
     extra_type = (
@@ -185,15 +188,13 @@ def _decide(
         decision.reason = 'excluded by type'
     elif cfg.include and not any(re.search(p, name) for p in cfg.include):
         decision.reason = 'not matched by include'
-    elif any(re.search(p, name) for p in excludes):
-        pattern = next(p for p in excludes if re.search(p, name))
-        default = pattern not in cfg.exclude
-        if not default:
-            decision.reason = f'excluded by name ({pattern})'
-        elif pattern.startswith('^teacher'):
-            decision.reason = 'teacher (never pruned)'
-        else:
-            decision.reason = 'final prediction layer (default exclude)'
+    elif any(re.search(p, name) for p in cfg.exclude):
+        pattern = next(p for p in cfg.exclude if re.search(p, name))
+        decision.reason = f'excluded by name ({pattern})'
+    elif name in defaults:
+        decision.reason = defaults[name]
+    elif cfg.filter_fn is not None and not cfg.filter_fn(module, name):
+        decision.reason = 'excluded by filter_fn'
     elif getattr(module, 'groups', 1) != 1:
         groups = module.groups
         depthwise = groups == getattr(module, 'in_channels', -1)
@@ -234,12 +235,10 @@ def select_layers(
         cfg = SparsityConfig()
     elif isinstance(cfg, dict):
         cfg = SparsityConfig(**cfg)
-    excludes = tuple(cfg.exclude)
-    if cfg.use_default_exclude:
-        excludes = excludes + DEFAULT_EXCLUDE
+    defaults = default_excluded(model) if cfg.use_default_exclude else {}
     decisions = []
     for name, module in model.named_modules():
-        decision = _decide(name, module, cfg, excludes)
+        decision = _decide(name, module, cfg, defaults)
         if decision is not None:
             decisions.append(decision)
     return decisions

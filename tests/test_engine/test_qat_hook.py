@@ -222,7 +222,7 @@ def test_epoch_based_switch_from_config_fragment(tmp_path):
     )
     qat = dict(cfg.gpusq_qat_hook)
     assert qat.pop('type') == 'gpusq_mm.QATHook'
-    assert qat['quantization']['w_bits'] == 4
+    assert qat['quantization'] == 'int4'
     qat.update(begin_epoch=1, num_batches=2)
     record = RecordEnabled()
     runner = _runner(

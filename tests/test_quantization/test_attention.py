@@ -80,7 +80,7 @@ def test_window_attention_of_every_swin_is_found():
         )
     assert len(select_attention(cls)) == 4
     # the skip regexes apply to attention modules too
-    assert select_attention(det, dict(skip=[r'stages\.1\.'])) == [names[0]]
+    assert select_attention(det, dict(exclude=[r'stages\.1\.'])) == [names[0]]
     # off by default
     plain = _mmdet_swin()
     quantize_model(plain)

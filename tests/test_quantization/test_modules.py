@@ -92,10 +92,10 @@ def test_checkpoint_loads_into_fresh_model_and_runs_fake_quantized():
 def test_skip_lists_by_name_and_type():
     net = Net()
     names = select_quant_layers(
-        net, dict(skip=[r'^fc2$'], skip_types=['ConvModule', 'Conv2d'])
+        net, dict(exclude=[r'^fc2$'], exclude_types=['ConvModule', 'Conv2d'])
     )
     assert names == ['fc1']
-    names = select_quant_layers(net, dict(use_default_skip=False))
+    names = select_quant_layers(net, dict(use_default_exclude=False))
     assert 'patch_embed.projection' in names and 'head.fc' in names
     with pytest.raises(KeyError):
         quantize_model(net, dict(w_bit=8))  # typo fails early

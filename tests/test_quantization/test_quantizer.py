@@ -36,7 +36,7 @@ def test_fake_quant_layer_equals_hand_computation(kind, fast):
         layer, x = nn.Conv2d(4, 6, 3, padding=1), torch.randn(2, 4, 5, 5)
     quantize_model(
         nn.Sequential(layer),
-        dict(fast_fake_quant=fast, use_default_skip=False),
+        dict(fast_fake_quant=fast, use_default_exclude=False),
     )
     a_amax = 2.0  # some inputs clip
     w_amax = layer.weight.detach().abs().flatten(1).amax(1) * 0.9
@@ -104,7 +104,7 @@ def test_every_calibration_method_gives_finite_amax_on_cpu(method):
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4)
     )
-    quantize_model(model, dict(use_default_skip=False))
+    quantize_model(model, dict(use_default_exclude=False))
     batches = [torch.randn(4, 3, 8, 8) for _ in range(3)]
     report = calibrate(
         model,

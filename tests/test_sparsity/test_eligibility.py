@@ -52,7 +52,7 @@ def test_default_selection_and_reasons():
         assert not d[name].eligible
         assert d[name].reason in (
             'final prediction layer (default exclude)',
-            'teacher (never pruned)',
+            'teacher (never compressed)',
         )
 
 

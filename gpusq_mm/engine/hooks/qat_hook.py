@@ -116,8 +116,10 @@ class QATHook(Hook):
             calibration, ``'tensor'`` or ``'loss'``. Defaults to 'tensor'.
         lr_factor (float, optional): set each group's lr to
             ``lr_factor * initial_lr`` at the switch. Defaults to None.
-        quantization (dict, optional): ``QuantConfig`` keys used when the
-            hook has to quantize a plain model itself. Defaults to None.
+        quantization (str | dict, optional): a preset (``'int8'``,
+            ``'int4'``) or ``QuantConfig`` keys, used when the hook has to
+            quantize a plain model itself (a model quantized by its own
+            config refuses a different one). Defaults to None.
         progress (bool): show a progress bar on rank 0 while calibrating.
             Defaults to True.
     """
@@ -162,7 +164,11 @@ class QATHook(Hook):
         self.calib = None if calib is None else quant.normalize_calib(calib)
         self.forward_mode = forward_mode
         self.lr_factor = lr_factor
-        self.quantization = dict(quantization or {})
+        self.quantization = (
+            quantization
+            if isinstance(quantization, str)
+            else dict(quantization or {})
+        )
         quant.QuantConfig.build(self.quantization)  # typos fail here
         self.progress = progress
         self.active = False
@@ -175,6 +181,14 @@ class QATHook(Hook):
         quant = _quantization()
         student = _student(runner.model)
         layers = quant.quantized_layers(student)
+        if layers and self.quantization:
+            own = getattr(student, 'gpusq_quant_cfg', None)
+            if own != quant.QuantConfig.build(self.quantization):
+                raise ValueError(
+                    f'QATHook: quantization={self.quantization} would be '
+                    'ignored: the model is already quantized by its own '
+                    'config (set it there, e.g. model.quantization)'
+                )
         if layers:
             runner.logger.info(
                 f'QATHook: the model has {len(layers)} quantized layers'

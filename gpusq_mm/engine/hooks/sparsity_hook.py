@@ -158,6 +158,12 @@ class SparsityHook(Hook):
     def before_run(self, runner) -> None:
         """Attach placeholder masks before any checkpoint is loaded."""
         student = get_student(runner.model)
+        if has_masks(student) and self.cfg != SparsityConfig():
+            raise ValueError(
+                f'SparsityHook: the layer selection {self.cfg} would be '
+                'ignored: the model already carries 2:4 masks chosen by its '
+                'own config (set it there, e.g. model.sparsity)'
+            )
         if has_masks(student):
             runner.logger.info(
                 f'SparsityHook: the model already carries '

@@ -1,0 +1,69 @@
+"""Every key of sparsity / quantization / distill / teacher is read or
+refused, naming the key and the accepted ones (no silent settings)."""
+
+import pytest
+
+import gpusq_mm  # noqa: F401
+from gpusq_mm.models import distill_config
+from gpusq_mm.models.distill_config import distill_defaults
+from gpusq_mm.models.student import resolve_quantization, resolve_sparsity
+
+
+@pytest.mark.parametrize(
+    'distill, match',
+    [
+        (dict(logits=dict(temperature=2.0)), r'distill\.logits\.temperature'),
+        (dict(features=dict(layers=['neck'])), r'distill\.features\.layers'),
+        (dict(weighting=dict(modes='inverse')), r'distill\.weighting\.modes'),
+        (dict(soft=10.0), r'distill\.soft'),
+    ],
+)
+def test_unknown_distill_keys_are_named(distill, match):
+    with pytest.raises(KeyError, match=match) as err:
+        distill_defaults(distill)
+    section = match.split(r'\.')[1] if match.count(r'\.') > 1 else None
+    accepted = distill_config.DISTILL_DEFAULTS
+    for key in accepted[section] if section else accepted:
+        assert key in str(err.value)
+
+
+def test_distill_defaults_are_the_table(monkeypatch):
+    out = distill_defaults(dict(logits=dict(T=4.0)))
+    assert out['logits'] == dict(weight=10.0, T=4.0, parts=None)
+    assert out['hard'] == 1.0 and out['features']['weight'] == 5.0
+    with pytest.raises(TypeError, match='distill.features must be a dict'):
+        distill_defaults(dict(features=5.0))
+    # a key added to the table (e.g. by a new KD mode) is accepted at once
+    table = dict(distill_config.DISTILL_DEFAULTS)
+    table['logits'] = dict(table['logits'], aux_layers=False)
+    monkeypatch.setattr(distill_config, 'DISTILL_DEFAULTS', table)
+    got = distill_config.distill_defaults(dict(logits=dict(aux_layers=True)))
+    assert got['logits']['aux_layers'] is True
+
+
+def test_sparsity_and_quantization_presets_and_keys():
+    assert resolve_sparsity('2:4') == {}
+    assert resolve_sparsity(None) is None
+    assert resolve_quantization('int4') == dict(w_bits=4)
+    assert resolve_quantization('int8') == {}
+    with pytest.raises(ValueError, match=r"'int2'.*\['int4', 'int8'\]"):
+        resolve_quantization('int2')
+    with pytest.raises(ValueError, match="'1:4'"):
+        resolve_sparsity('1:4')
+    with pytest.raises(KeyError, match=r"\['skip'\].*exclude"):
+        resolve_sparsity(dict(skip=['neck']))
+    from gpusq_mm.quantization import QuantConfig
+
+    with pytest.raises(KeyError, match=r"\['skip'\].*exclude"):
+        QuantConfig.build(dict(skip=['neck']))
+    assert QuantConfig.build('int4').w_bits == 4
+
+
+def test_teacher_keys_are_checked():
+    from gpusq_mm.models.gpusq import _teacher_settings
+
+    with pytest.raises(KeyError, match=r"\['ckpt'\].*checkpoint, config"):
+        _teacher_settings(dict(ckpt='x.pth'), {})
+    assert _teacher_settings(dict(checkpoint='x.pth'), {}) == dict(
+        config=None, checkpoint='x.pth', strict=True
+    )
