@@ -15,9 +15,9 @@ are sensitive and tiny. The selection keys (``include``, ``exclude``,
 ``exclude_types``, ``filter_fn``, ``use_default_exclude``) and the list of
 prediction layers are shared with 2:4 sparsity
 (:mod:`gpusq_mm.selection`). The attention matmul inputs (q, k, v and
-the softmax output of Swin's ``WindowMSA``) are quantized only with ``quantize_attention=True``
-(see :mod:`gpusq_mm.quantization.attention`): TensorRT runs those matmuls
-in INT8 only where Q/DQ nodes are placed, and the paper quantizes the
+the softmax output of Swin's ``WindowMSA``) are quantized only with
+``quantize_attention=True`` (see :mod:`gpusq_mm.quantization.attention`):
+TensorRT runs those matmuls in INT8 only where Q/DQ nodes are placed, and the paper quantizes the
 Linear layers.
 """
 

@@ -5,6 +5,7 @@ The student is an upstream mmpretrain ``ImageClassifier`` (16-wide Swin,
 seeded, randomly initialised model of the same config saved to disk.
 """
 
+import os
 import os.path as osp
 from typing import Optional
 
@@ -118,6 +119,7 @@ def gpusq_run(
     """The upstream config wrapped by ``wrap_config`` (+ model overrides)."""
     from gpusq_mm.apis import wrap_config
 
+    os.makedirs(work_dir, exist_ok=True)
     dense = save_dense(teacher_path(work_dir))
     recipe.setdefault('num_batches', 2)
     recipe.setdefault('progress', False)

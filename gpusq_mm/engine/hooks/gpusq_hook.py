@@ -102,6 +102,30 @@ def qat_start(
     return dict(begin_iter=qat_begin_iter)
 
 
+def _match_ema_buffers(runner) -> None:
+    """Give averaged copies (EMAHook) the algorithm's resized buffers.
+
+    GPUSQ's stage-1 KD statistics and QAT factors are buffers whose size
+    is known only after the first step / at the QAT switch; MMEngine's
+    averaged models copy buffers in place, so a copy made at
+    ``before_run`` would fail on the size change. Called before EMAHook's
+    ``after_train_iter`` (this hook's priority is higher).
+    """
+    model = runner.model
+    model = model.module if is_model_wrapper(model) else model
+    source = dict(model.named_buffers())
+    for hook in runner.hooks:
+        ema = getattr(getattr(hook, 'ema_model', None), 'module', None)
+        if ema is None:
+            continue
+        modules = dict(ema.named_modules())
+        for name, buf in list(ema.named_buffers()):
+            src = source.get(name)
+            if src is not None and src.shape != buf.shape:
+                owner, _, attr = name.rpartition('.')
+                setattr(modules[owner], attr, src.detach().clone())
+
+
 @HOOKS.register_module()
 class GPUSQHook(Hook):
     """2:4 masks, the QAT switch and the student checkpoint of a GPUSQ run.
@@ -182,6 +206,7 @@ class GPUSQHook(Hook):
         self.sparsity: Optional[SparsityHook] = None
         self.qat: Optional[QATHook] = None
         self.checkpoint = StudentCheckpointHook(filename, out_dir)
+        self._resync_ema = False
         if given:  # validate the QAT settings now, not at before_run
             QATHook(begin_epoch=0, **self.qat_args)
 
@@ -249,18 +274,21 @@ class GPUSQHook(Hook):
             model.begin_sparse()
         if self.qat is not None:
             self.qat.before_train(runner)
+        self._resync_ema = True  # KD statistics grow on the first step
 
     def before_train_epoch(self, runner) -> None:
         """QAT switch of epoch-based starts."""
-        if self.qat is not None:
+        if self.qat is not None and not self.qat.active:
             self.qat.before_train_epoch(runner)
+            self._resync_ema = self._resync_ema or self.qat.active
 
     def before_train_iter(
         self, runner, batch_idx: int, data_batch=None
     ) -> None:
         """QAT switch of iteration-based starts."""
-        if self.qat is not None:
+        if self.qat is not None and not self.qat.active:
             self.qat.before_train_iter(runner, batch_idx, data_batch)
+            self._resync_ema = self._resync_ema or self.qat.active
 
     def after_train_iter(
         self, runner, batch_idx: int, data_batch=None, outputs=None
@@ -270,6 +298,9 @@ class GPUSQHook(Hook):
             self.sparsity.after_train_iter(
                 runner, batch_idx, data_batch, outputs
             )
+        if self._resync_ema:
+            _match_ema_buffers(runner)
+            self._resync_ema = False
 
     def after_train_epoch(self, runner) -> None:
         """Log the sparsity state."""
