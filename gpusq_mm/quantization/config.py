@@ -17,8 +17,8 @@ prediction layers are shared with 2:4 sparsity
 (:mod:`gpusq_mm.selection`). The attention matmul inputs (q, k, v and
 the softmax output of Swin's ``WindowMSA``) are quantized only with
 ``quantize_attention=True`` (see :mod:`gpusq_mm.quantization.attention`):
-TensorRT runs those matmuls in INT8 only where Q/DQ nodes are placed, and the paper quantizes the
-Linear layers.
+TensorRT runs those matmuls in INT8 only where Q/DQ nodes are placed,
+and the paper quantizes the Linear layers.
 """
 
 from dataclasses import asdict, dataclass, field, fields

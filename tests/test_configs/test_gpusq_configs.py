@@ -153,9 +153,10 @@ def _short_schedule(cfg, work_dir, task):
         cfg[split].sampler = dict(type='DefaultSampler', shuffle=False)
         cfg[split].pop('batch_sampler', None)
     for hook in cfg.custom_hooks:
-        if hook['type'].endswith('QATHook'):
-            hook.pop('begin_epoch', None)
-            hook.update(begin_iter=1, num_batches=1, progress=False)
+        if hook['type'].endswith('GPUSQHook'):
+            for key in ('qat_ratio', 'qat_begin_epoch'):
+                hook.pop(key, None)
+            hook.update(qat_begin_iter=1, num_batches=1, progress=False)
     cfg.pop('auto_scale_lr', None)
     cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
 
@@ -187,8 +188,13 @@ def test_config_trains_and_evaluates(
 
     task, metric = CASES[name]
     cfg = Config.fromfile(osp.join(CFG_DIR, name))
+    # the teacher's config is the student's (GPUSQ's default)
+    upstream = dict(
+        model=cfg.model.architecture.to_dict(),
+        default_scope=cfg.default_scope,
+    )
     cfg.model.teacher.checkpoint = dense_checkpoint(
-        cfg.model.teacher.config, str(tmp_path / 'teacher.pth')
+        upstream, str(tmp_path / 'teacher.pth')
     )[1]
     if task == 'det':
         _det_data(cfg, coco80_root)
