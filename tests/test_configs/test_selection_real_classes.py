@@ -53,9 +53,6 @@ CASES = {
         'backbone.stages.3.blocks.1.ffn.layers.1',
     ),
 }
-SLOW = {'dino_swin_coco.py'}  # Swin-L: ~200M parameters
-
-
 def _student(name: str):
     cfg = strip_teacher(Config.fromfile(osp.join(CFG_DIR, name)))
     model = dict(cfg.model)
@@ -68,13 +65,7 @@ def _out(module: nn.Module) -> int:
     return getattr(module, 'out_features', getattr(module, 'out_channels', 0))
 
 
-@pytest.mark.parametrize(
-    'name',
-    [
-        pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
-        for n in sorted(CASES)
-    ],
-)
+@pytest.mark.parametrize('name', sorted(CASES))
 def test_prediction_layers_stay_dense_and_fp(name):
     pred, hidden = CASES[name]
     model = _student(name)
