@@ -6,7 +6,7 @@ the 2:4 sparse and the quantized student with
 KL divergence between temperature-softened class distributions of teacher
 and student (Hinton et al., 2015, scaled by ``T**2`` so gradients keep their
 size across temperatures), ``L_feat`` a distance between feature maps (MSE
-here; the paper's exact form is not public, see ``shared/METHOD.md``).
+here; the paper's exact form is not public).
 """
 
 from typing import Optional

@@ -4,7 +4,7 @@ GPUSQ-ViT (Yu et al., CVPR 2023, arXiv 2305.10727) weights each layer's
 feature-distillation loss during QAT by a factor derived from that layer's
 feature-KD loss during 2:4 sparse fine-tuning (stage 1): a layer the sparse
 model found harder to match gets a *smaller* factor [secondary summary; no
-formula is published, see ``shared/METHOD.md``]. Our default is the
+formula is published]. Our default is the
 normalized inverse ``w_i = (1 / L_i) / sum_j (1 / L_j)``; ``'proportional'``
 (``L_i / sum_j L_j``) and ``'uniform'`` (``1 / N``) are options. Factors sum
 to one, so uniform factors reproduce the stage-1 mean over layers.

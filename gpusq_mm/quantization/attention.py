@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from .config import QuantConfig
-from .modules import activation_quantizer, select_modules
+from .select import activation_quantizer, select_modules
 
 __all__ = [
     'ATTENTION_QUANTIZERS',

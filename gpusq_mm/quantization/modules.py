@@ -15,17 +15,16 @@ version and the input fake-quantized, so subclass behaviour (mmcv's
 wrappers, adaptive padding) is kept. Quantizers start disabled.
 """
 
-import re
-from typing import Callable, Dict, List, Optional, Type, Union
+from typing import Dict, List, Optional, Type, Union
 
 import torch
 import torch.nn as nn
 from pytorch_quantization import nn as quant_nn
 
-from gpusq_mm.selection import default_excluded, type_matches
-
-from .config import PATCH_EMBED, QuantConfig
+from .attention import quantize_attention
+from .config import QuantConfig
 from .quantizer import GPUSQTensorQuantizer
+from .select import activation_quantizer, select_modules
 
 __all__ = [
     'QuantConv2dMixin',
@@ -164,39 +163,6 @@ def _candidate(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.weight.dim() == 4
 
 
-def select_modules(
-    model: nn.Module,
-    cfg: QuantConfig,
-    predicate: Callable[[nn.Module], bool],
-) -> List[str]:
-    """Names of the modules passing ``predicate`` and the config's filters.
-
-    The filters (:mod:`gpusq_mm.selection`): ``include`` (when non-empty,
-    names must match one), ``exclude`` regexes, ``exclude_types``, the
-    default exclusions (patch embedding, final prediction layers, teacher)
-    and ``filter_fn(module, name)``.
-    """
-    exclude = [re.compile(p) for p in cfg.exclude]
-    include = [re.compile(p) for p in cfg.include]
-    defaults = (
-        default_excluded(model, PATCH_EMBED) if cfg.use_default_exclude else {}
-    )
-    names = []
-    for name, module in model.named_modules():
-        if not name or not predicate(module):
-            continue
-        if include and not any(p.search(name) for p in include):
-            continue
-        if name in defaults or any(p.search(name) for p in exclude):
-            continue
-        if type_matches(module, cfg.exclude_types):
-            continue
-        if cfg.filter_fn is not None and not cfg.filter_fn(module, name):
-            continue
-        names.append(name)
-    return names
-
-
 def select_quant_layers(
     model: nn.Module, cfg: Optional[Union[QuantConfig, dict]] = None
 ) -> List[str]:
@@ -210,18 +176,6 @@ def select_quant_layers(
         list[str]: module names, in ``named_modules`` order.
     """
     return select_modules(model, QuantConfig.build(cfg), _candidate)
-
-
-def activation_quantizer(
-    cfg: QuantConfig, device: Optional[torch.device] = None
-) -> GPUSQTensorQuantizer:
-    """A disabled per-tensor quantizer for activations (``cfg.a_bits``)."""
-    return GPUSQTensorQuantizer(
-        cfg.a_bits,
-        narrow_range=cfg.narrow_range,
-        fast=cfg.fast_fake_quant,
-        device=device,
-    )
 
 
 def quantize_model(
@@ -276,8 +230,6 @@ def quantize_model(
         module._input_quantizer = activation_quantizer(cfg, weight.device)
         module._input_quantizer.frozen_off = not cfg.quantize_inputs
     if cfg.quantize_attention:
-        from .attention import quantize_attention
-
         quantize_attention(model, cfg)
     model.gpusq_quant_cfg = cfg
     return list(quantized_layers(model))

@@ -53,6 +53,8 @@ CASES = {
         'backbone.stages.3.blocks.1.ffn.layers.1',
     ),
 }
+
+
 def _student(name: str):
     cfg = strip_teacher(Config.fromfile(osp.join(CFG_DIR, name)))
     model = dict(cfg.model)

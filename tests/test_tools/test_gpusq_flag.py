@@ -6,14 +6,15 @@ dense checkpoint at ``work_dirs/swin_cls_tiny_dense/epoch_30.pth``):
 ``tools/train.py CONFIG --gpusq DENSE.pth`` compresses the tiny dense
 classifier config (no gpusq config at all: 2:4 + KD, then INT8 QAT over
 the last 15 % of its 30 epochs) and ``tools/test.py CONFIG STUDENT --gpusq``
-evaluates the student with the config's evaluator, without a teacher.
+evaluates the student with the config's evaluator, without a teacher. The
+commands run in this process (arguments exactly as written, `python`
+being this interpreter).
 """
 
+import importlib.util
 import os
 import os.path as osp
 import shlex
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -39,46 +40,47 @@ def _readme_has(command: str) -> bool:
     return ' '.join(command.split()) in ' '.join(text.split())
 
 
-def _run(command: str, cwd: str) -> str:
+def _run(command: str, cwd, monkeypatch):
+    """Run ``python tools/X.py ARGS`` in ``cwd`` (in this process)."""
     argv = shlex.split(command)
-    assert argv[0] == 'python'
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-    out = subprocess.run(
-        [sys.executable, *argv[1:]],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    return out.stdout + out.stderr
+    assert argv[0] == 'python' and argv[1].startswith('tools/')
+    monkeypatch.chdir(cwd)
+    path = osp.join(str(cwd), argv[1])
+    spec = importlib.util.spec_from_file_location('_tool', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv[2:])
 
 
-def test_readme_gpusq_commands(tmp_path, cls_data_root, dense_checkpoint):
+def test_readme_gpusq_commands(tmp_path, dense_checkpoint, monkeypatch):
+    from gpusq_mm.datasets import generate_task
+    from gpusq_mm.engine.hooks import GPUSQHook
+
     assert _readme_has(TRAIN) and _readme_has(TEST)
     for name in ('tools', 'configs'):
         os.symlink(osp.join(REPO_ROOT, name), tmp_path / name)
-    os.makedirs(tmp_path / 'data' / 'gpusq_demo')
-    os.symlink(cls_data_root, tmp_path / 'data' / 'gpusq_demo' / 'cls')
+    # 6 train / 6 val images: one small batch per epoch
+    generate_task('cls', str(tmp_path / 'data' / 'gpusq_demo'), 6, 6)
     os.makedirs(tmp_path / 'work_dirs' / 'swin_cls_tiny_dense')
-    dense_checkpoint(
-        osp.join(REPO_ROOT, CONFIG),
-        str(tmp_path / 'work_dirs/swin_cls_tiny_dense/epoch_30.pth'),
-    )
-    log = _run(TRAIN, str(tmp_path))
-    assert 'QAT from begin_epoch=26' in log  # round(30 * 0.85)
+    dense = tmp_path / 'work_dirs/swin_cls_tiny_dense/epoch_30.pth'
+    dense_checkpoint(osp.join(REPO_ROOT, CONFIG), str(dense))
+    runner = _run(TRAIN, tmp_path, monkeypatch)
+    hook = next(h for h in runner.hooks if isinstance(h, GPUSQHook))
+    assert hook.qat.begin_epoch == 26  # round(30 * (1 - 0.15))
+    assert runner.epoch == 30 and runner.model.stage == 2
     student = tmp_path / 'work_dirs/swin_cls_tiny_dense_gpusq'
     final = torch.load(student / 'student_final.pth')
     assert final['meta']['gpusq_stage'] == 2
     # evaluating needs no teacher: the dense checkpoint is gone
-    os.remove(tmp_path / 'work_dirs/swin_cls_tiny_dense/epoch_30.pth')
-    log = _run(TEST, str(tmp_path))
-    assert 'accuracy/top1' in log
+    os.remove(dense)
+    metrics = _run(TEST, tmp_path, monkeypatch)
+    assert 0.0 <= metrics['accuracy/top1'] <= 100.0
     # the same student under the demo's gpusq config, whose default
     # teacher path is that (now absent) dense checkpoint
-    log = _run(
+    again = _run(
         'python tools/test.py configs/gpusq/demo/swin_cls_tiny_gpusq.py '
         'work_dirs/swin_cls_tiny_dense_gpusq/student_final.pth',
-        str(tmp_path),
+        tmp_path,
+        monkeypatch,
     )
-    assert 'accuracy/top1' in log
+    assert again['accuracy/top1'] == metrics['accuracy/top1']
