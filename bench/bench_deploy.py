@@ -1,0 +1,217 @@
+"""Deployed speed and size: FP32 vs our INT8 QDQ vs onnxruntime's own INT8.
+
+    python bench/bench_deploy.py [--threads 2] [--runs 20] [--size 224]
+
+CPU part (always): a Swin-T backbone (mmpretrain, random weights, 2:4
+masks from them, INT8 QAT quantizers calibrated on random images), batch
+1, exported three ways and timed side by side in one process, rounds
+interleaved:
+
+- ``fp32``: the FP32 export (quantizers off);
+- ``ours``: the QDQ export (INT8 2:4 weights, uint8 activations with zero
+  point 128, onnxruntime's fast CPU path) and ``ours_s8`` (int8
+  activations, TensorRT's format);
+- ``dynamic``: ``onnxruntime.quantization.quantize_dynamic`` of the FP32
+  file (INT8 weights, activations quantized at run time).
+
+GPU part (only with CUDA): ``torch.sparse.to_sparse_semi_structured`` fp16
+2:4 Linear vs dense at the Swin-T / Swin-B linear shapes (tokens of a 224²
+image at batch 64), and a whole Swin-T backbone with 2:4 linears vs dense
+fp16. Skipped with a one-line note without CUDA.
+"""
+
+import argparse
+import os.path as osp
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+
+def swin_t_student(size: int, calib_batches: int = 2):
+    """A calibrated, fake-quantized 2:4 Swin-T classifier (random weights)."""
+    from mmengine.registry import DefaultScope
+
+    import gpusq_mm  # noqa: F401
+    from gpusq_mm.quantization import calibrate, enable_fake_quant
+    from gpusq_mm.registry import MODELS
+    from gpusq_mm.sparsity import apply_masks, attach_masks, compute_masks
+
+    torch.manual_seed(0)
+    cfg = dict(
+        type='ImageClassifier',
+        backbone=dict(type='SwinTransformer', arch='tiny', img_size=size),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=1000, in_channels=768),
+    )
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(cfg)
+    model.init_weights()
+    model.eval()
+    attach_masks(model)
+    compute_masks(model)
+    apply_masks(model)
+    from gpusq_mm.quantization import quantize_model
+
+    quantize_model(model)
+    batches = [torch.randn(1, 3, size, size) for _ in range(calib_batches)]
+    calibrate(model, lambda b: model.backbone(b), batches)
+    enable_fake_quant(model)
+    return model
+
+
+def cpu_part(args) -> dict:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from gpusq_mm.deploy import export_onnx, make_input, parity, run_onnx
+    from gpusq_mm.deploy.api import reference_outputs
+    from gpusq_mm.deploy.verify import fused_ops, ort_session
+
+    model = swin_t_student(args.size)
+    x = make_input(model, (1, 3, args.size, args.size))
+    feed = x.numpy()
+    tmp = tempfile.mkdtemp(prefix='bench_deploy_')
+    files = {}
+    quiet = lambda *a: None  # noqa: E731
+    files['fp32'] = export_onnx(
+        model,
+        x,
+        osp.join(tmp, 'fp32.onnx'),
+        'backbone',
+        quantized=False,
+        log=quiet,
+    )['path']
+    files['ours'] = export_onnx(
+        model,
+        x,
+        osp.join(tmp, 'ours.onnx'),
+        'backbone',
+        act_dtype='uint8',
+        log=quiet,
+    )['path']
+    files['ours_s8'] = export_onnx(
+        model,
+        x,
+        osp.join(tmp, 'ours_s8.onnx'),
+        'backbone',
+        act_dtype='int8',
+        log=quiet,
+    )['path']
+    files['dynamic'] = osp.join(tmp, 'dynamic.onnx')
+    quantize_dynamic(
+        files['fp32'], files['dynamic'], weight_type=QuantType.QInt8
+    )
+    onnx.checker.check_model(files['dynamic'])
+    ref = reference_outputs(model, x, 'backbone')
+    sessions = {k: ort_session(p, args.threads) for k, p in files.items()}
+    for sess in sessions.values():  # warm up
+        for _ in range(3):
+            sess.run(None, {'input': feed})
+    times = {k: [] for k in files}
+    for _ in range(args.runs):  # interleaved: same machine state for all
+        for key, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(None, {'input': feed})
+            times[key].append((time.perf_counter() - start) * 1e3)
+    res = {}
+    for key, path in files.items():
+        cos = min(r['cosine'] for r in parity(ref, run_onnx(path, feed)))
+        res[key] = dict(
+            ms=float(np.median(times[key])),
+            mb=osp.getsize(path) / 2**20,
+            cosine=cos,
+            fused={
+                k: v
+                for k, v in fused_ops(path).items()
+                if 'Integer' in k or k.startswith('Q') or 'Dynamic' in k
+            },
+        )
+    return res
+
+
+def gpu_part() -> None:
+    if not torch.cuda.is_available():
+        print(
+            'GPU part skipped: no CUDA device (to_sparse_semi_structured '
+            'needs an Ampere or newer GPU)'
+        )
+        return
+    from torch.sparse import to_sparse_semi_structured
+
+    from gpusq_mm.sparsity import compute_2to4_mask
+
+    def bench(fn, runs=50):
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(runs):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / runs * 1e3
+
+    # tokens of a 224² image at batch 64, per stage (56², 28², 14², 7²)
+    shapes = {
+        'swin-t': [(96, 56), (192, 28), (384, 14), (768, 7)],
+        'swin-b': [(128, 56), (256, 28), (512, 14), (1024, 7)],
+    }
+    for arch, stages in shapes.items():
+        for dim, side in stages:
+            tokens = 64 * side * side
+            for k, n in ((dim, 3 * dim), (dim, 4 * dim), (4 * dim, dim)):
+                w = torch.randn(n, k, device='cuda', dtype=torch.half)
+                w = w * compute_2to4_mask(w)
+                x = torch.randn(tokens, k, device='cuda', dtype=torch.half)
+                dense = bench(lambda: torch.nn.functional.linear(x, w))
+                ws = to_sparse_semi_structured(w)
+                sparse = bench(lambda: torch.nn.functional.linear(x, ws))
+                print(
+                    f'{arch} linear {tokens}x{k} -> {n}: dense '
+                    f'{dense:.3f} ms, 2:4 {sparse:.3f} ms '
+                    f'({dense / sparse:.2f}x)'
+                )
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--runs', type=int, default=20)
+    parser.add_argument('--size', type=int, default=224)
+    parser.add_argument('--no-gpu', action='store_true')
+    args = parser.parse_args(argv)
+    import onnxruntime
+
+    print(
+        f'{time.strftime("%Y-%m-%d %H:%M")} {platform.processor() or ""} '
+        f'{platform.machine()}, onnxruntime {onnxruntime.__version__}, '
+        f'torch {torch.__version__}, {args.threads} threads, '
+        f'Swin-T backbone {args.size}², batch 1, {args.runs} runs each'
+    )
+    res = cpu_part(args)
+    base = res['fp32']
+    for key, row in res.items():
+        print(
+            f'{key:8s} {row["ms"]:8.2f} ms  {row["mb"]:7.2f} MB  '
+            f'speed-up {base["ms"] / row["ms"]:.2f}x  size '
+            f'{row["mb"] / base["mb"]:.3f}x  cosine vs fake-quant '
+            f'{row["cosine"]:.5f}  {row["fused"]}'
+        )
+    print(
+        f'ours vs dynamic: {res["dynamic"]["ms"] / res["ours"]["ms"]:.2f}x '
+        'faster'
+    )
+    if not args.no_gpu:
+        gpu_part()
+    return res
+
+
+if __name__ == '__main__':
+    main()

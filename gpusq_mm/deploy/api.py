@@ -1,0 +1,233 @@
+"""One-call export: load -> trace -> verify (the tool's and demo's entry).
+
+- :func:`export_and_verify`: what ``tools/deploy/export_onnx.py`` runs,
+  with a progress line per phase and the onnxruntime command to run the
+  file;
+- :func:`export_and_measure`: the FP32 and the quantized export of one
+  checkpoint side by side (file sizes, onnxruntime latency, parity), for
+  the demo's results and the benchmark.
+"""
+
+import os.path as osp
+import time
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .export import ExportError, export_onnx
+from .loading import load_student
+from .parts import PartModule, make_input
+from .verify import fused_ops, ort_latency_ms, parity, run_onnx
+
+__all__ = ['ExportError', 'export_and_measure', 'export_and_verify']
+
+
+def _mb(num_bytes: float) -> float:
+    return num_bytes / 2**20
+
+
+def run_command(path: str, shape: Sequence[int]) -> str:
+    """A one-line shell command that runs ``path`` in onnxruntime."""
+    dims = ', '.join(str(int(s)) for s in shape)
+    return (
+        'python -c "import numpy as np, onnxruntime as ort; '
+        f"s = ort.InferenceSession('{path}'); "
+        "print([o.shape for o in s.run(None, {'input': "
+        f'np.zeros(({dims}), np.float32)}})])"'
+    )
+
+
+def reference_outputs(model, inputs: torch.Tensor, part: str):
+    """The PyTorch (fake-quant) outputs of the exported part."""
+    with torch.no_grad():
+        outs = PartModule(model, part).eval()(inputs)
+    return [o.detach().float().numpy() for o in outs]
+
+
+def export_and_verify(
+    config: str,
+    checkpoint: str,
+    out: str,
+    part: str = 'full',
+    shape: Sequence[int] = (1, 3, 224, 224),
+    opset: Optional[int] = None,
+    quantized: bool = True,
+    act_dtype: str = 'int8',
+    tolerance: float = 0.999,
+    seed: int = 0,
+    cfg_options: Optional[dict] = None,
+    log: Callable[[str], None] = print,
+) -> Dict:
+    """Load a checkpoint, export it and check it in onnxruntime.
+
+    Args:
+        config (str): the config file.
+        checkpoint (str): the checkpoint (any stage).
+        out (str): the ``.onnx`` to write.
+        part (str): see :data:`gpusq_mm.deploy.PARTS`. Defaults to 'full'.
+        shape (Sequence[int]): input ``N, C, H, W``.
+        opset (int, optional): ONNX opset (default 17, 21 for INT4).
+        quantized (bool): False: FP32 export. Defaults to True.
+        act_dtype (str): ``'int8'`` or ``'uint8'``. Defaults to 'int8'.
+        tolerance (float): minimum cosine similarity of every output.
+            Defaults to 0.999.
+        seed (int): seed of the generated input. Defaults to 0.
+        cfg_options (dict, optional): config overrides.
+        log (Callable): progress printer. Defaults to print.
+
+    Returns:
+        dict: :func:`~gpusq_mm.deploy.export.export_onnx`'s result plus
+        ``parity`` (per output), ``passed``, ``failure`` (message or
+        None), ``fused_ops``, ``command``.
+    """
+    start = time.time()
+    model, _ = load_student(config, checkpoint, cfg_options)
+    log(
+        f'[load] {type(model).__name__} from {checkpoint} '
+        f'({time.time() - start:.1f} s)'
+    )
+    inputs = make_input(model, shape, seed)
+    start = time.time()
+    result = export_onnx(
+        model, inputs, out, part, opset, quantized, act_dtype, log=log
+    )
+    n_int = len(result['quantized_layers'])
+    log(
+        f'[trace] {result["mode"]}: {n_int} layers with integer weights, '
+        f'{_mb(result["file_bytes"]):.2f} MB written to {out} '
+        f'({time.time() - start:.1f} s)'
+    )
+    start = time.time()
+    ref = reference_outputs(model, inputs, part)
+    outs = run_onnx(out, inputs.numpy())
+    rows = parity(ref, outs)
+    worst = min(r['cosine'] for r in rows)
+    max_abs = max(r['max_abs'] for r in rows)
+    fused = fused_ops(out)
+    result.update(
+        parity=rows, fused_ops=fused, command=run_command(out, shape)
+    )
+    passed = bool(worst >= tolerance)  # NaN fails
+    result['passed'] = passed
+    result['failure'] = (
+        None
+        if passed
+        else (
+            f'onnxruntime parity below tolerance: cosine {worst:.6f} < '
+            f'{tolerance} (max abs error {max_abs:.4g}); the file is '
+            f'kept at {out} for inspection'
+        )
+    )
+    integer_ops = {k: v for k, v in fused.items() if k in _integer_ops()}
+    log(
+        f'[verify] onnxruntime vs PyTorch on a generated {tuple(shape)} '
+        f'input: max abs err {max_abs:.4g}, cosine {worst:.6f} '
+        f'(tolerance {tolerance}): {"ok" if passed else "FAILED"}; '
+        f'integer kernels after optimization: {integer_ops or "none"} '
+        f'({time.time() - start:.1f} s)'
+    )
+    log(f'[run] {result["command"]}')
+    return result
+
+
+def _integer_ops():
+    from .verify import FUSED_OPS
+
+    return FUSED_OPS
+
+
+def export_and_measure(
+    config: str,
+    checkpoint: str,
+    out_dir: str,
+    part: str = 'full',
+    shape: Sequence[int] = (1, 3, 224, 224),
+    threads: int = 2,
+    runs: int = 10,
+    act_dtype: str = 'uint8',
+    cfg_options: Optional[dict] = None,
+    log: Callable[[str], None] = print,
+) -> Dict:
+    """FP32 and quantized export of one checkpoint, measured side by side.
+
+    For the demo's ``results.json`` (the deployed student's size and
+    latency). The quantized export is skipped (``None`` values) for a
+    student whose quantizers are off.
+
+    Args:
+        config (str): the config file.
+        checkpoint (str): the checkpoint (any stage).
+        out_dir (str): where ``fp32.onnx`` / ``quant.onnx`` are written.
+        part (str): exported part. Defaults to 'full'.
+        shape (Sequence[int]): input shape. Defaults to 1x3x224x224.
+        threads (int): onnxruntime intra-op threads. Defaults to 2.
+        runs (int): timed runs (median). Defaults to 10.
+        act_dtype (str): activations of the quantized export. Defaults to
+            'uint8' (onnxruntime CPU's fast path).
+        cfg_options (dict, optional): config overrides.
+        log (Callable): progress printer. Defaults to print.
+
+    Returns:
+        dict: ``fp32_file_mb``, ``fp32_ort_latency_ms``, ``file_mb``,
+        ``ort_latency_ms`` (quantized; None when not quantized),
+        ``size_ratio``, ``speedup``, ``cosine`` (quantized vs fake-quant
+        PyTorch), ``mode``, ``fused_ops``.
+    """
+    model, _ = load_student(config, checkpoint, cfg_options)
+    inputs = make_input(model, shape)
+    feed = inputs.numpy()
+    fp32 = export_onnx(
+        model,
+        inputs,
+        osp.join(out_dir, 'fp32.onnx'),
+        part,
+        quantized=False,
+        log=log,
+    )
+    res = dict(
+        part=part,
+        shape=list(shape),
+        threads=threads,
+        fp32_file_mb=_mb(fp32['file_bytes']),
+        fp32_ort_latency_ms=ort_latency_ms(
+            fp32['path'], feed, threads, runs=runs
+        ),
+        mode='fp32',
+        file_mb=None,
+        ort_latency_ms=None,
+        size_ratio=None,
+        speedup=None,
+        cosine=None,
+        fused_ops={},
+    )
+    quant = export_onnx(
+        model,
+        inputs,
+        osp.join(out_dir, 'quant.onnx'),
+        part,
+        act_dtype=act_dtype,
+        log=log,
+    )
+    if quant['mode'] == 'fp32':
+        return res
+    lat = ort_latency_ms(quant['path'], feed, threads, runs=runs)
+    rows = parity(
+        reference_outputs(model, inputs, part), run_onnx(quant['path'], feed)
+    )
+    res.update(
+        mode=quant['mode'],
+        file_mb=_mb(quant['file_bytes']),
+        ort_latency_ms=lat,
+        size_ratio=quant['file_bytes'] / fp32['file_bytes'],
+        speedup=res['fp32_ort_latency_ms'] / lat,
+        cosine=float(np.min([r['cosine'] for r in rows])),
+        fused_ops=fused_ops(quant['path']),
+    )
+    log(
+        f'[measure] FP32 {res["fp32_file_mb"]:.2f} MB '
+        f'{res["fp32_ort_latency_ms"]:.2f} ms; {res["mode"]} '
+        f'{res["file_mb"]:.2f} MB {lat:.2f} ms '
+        f'({res["speedup"]:.2f}x faster, {res["size_ratio"]:.3f}x size)'
+    )
+    return res

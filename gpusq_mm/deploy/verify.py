@@ -1,0 +1,175 @@
+"""Run an exported graph in onnxruntime: parity, fused ops, latency.
+
+- :func:`parity`: max abs error and cosine similarity of each output
+  against the PyTorch (fake-quant) forward;
+- :func:`fused_ops`: the op counts of onnxruntime's optimized CPU graph
+  (``SessionOptions.optimized_model_filepath``): QLinearMatMul,
+  MatMulIntegerToFloat, QLinearConv ... show that the integer kernels run,
+  rather than FP32 ops between Q/DQ pairs;
+- :func:`ort_latency_ms`: median latency of ``session.run``.
+"""
+
+import os
+import os.path as osp
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    'FUSED_OPS',
+    'fused_ops',
+    'ort_latency_ms',
+    'ort_session',
+    'ort_supports_int4',
+    'parity',
+    'run_onnx',
+]
+
+#: onnxruntime's integer kernels that a QDQ MatMul / Conv is fused into.
+FUSED_OPS = (
+    'QLinearMatMul',
+    'QLinearConv',
+    'MatMulInteger',
+    'MatMulIntegerToFloat',
+    'ConvInteger',
+    'MatMulNBits',
+    'QGemm',
+)
+
+
+def ort_session(
+    path: str, threads: Optional[int] = None, optimized_path: str = None
+):
+    """An onnxruntime CPU session (all graph optimizations on)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
+
+
+def run_onnx(path: str, inputs: np.ndarray, threads: int = None):
+    """Outputs of the graph at ``path`` on ``inputs`` (list of arrays)."""
+    sess = ort_session(path, threads)
+    name = sess.get_inputs()[0].name
+    return sess.run(None, {name: inputs})
+
+
+def parity(
+    reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]
+) -> List[Dict[str, float]]:
+    """Per output: ``max_abs``, ``ref_max_abs`` and ``cosine``."""
+    if len(reference) != len(outputs):
+        raise ValueError(
+            f'{len(outputs)} outputs for {len(reference)} reference ones'
+        )
+    rows = []
+    for ref, out in zip(reference, outputs):
+        ref = np.asarray(ref, np.float64).reshape(-1)
+        out = np.asarray(out, np.float64).reshape(-1)
+        if ref.shape != out.shape:
+            raise ValueError(f'output of {out.size} values, {ref.size} ref')
+        denom = np.linalg.norm(ref) * np.linalg.norm(out)
+        cos = (
+            float(ref @ out / denom)
+            if denom > 0
+            else float(np.array_equal(ref, out))
+        )
+        if not np.all(np.isfinite(out)):
+            cos = float('nan')
+        rows.append(
+            dict(
+                max_abs=float(np.abs(ref - out).max()),
+                ref_max_abs=float(np.abs(ref).max()),
+                cosine=cos,
+            )
+        )
+    return rows
+
+
+def fused_ops(path: str, threads: int = 1) -> Dict[str, int]:
+    """Op counts of onnxruntime's optimized graph of ``path``."""
+    import onnx
+
+    from .qdq import count_ops
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opt = osp.join(tmp, 'optimized.onnx')
+        ort_session(path, threads, optimized_path=opt)
+        counts = count_ops(onnx.load(opt, load_external_data=False))
+    return {k.split(':')[-1]: v for k, v in counts.items()}
+
+
+def ort_latency_ms(
+    path: str,
+    inputs: np.ndarray,
+    threads: int = 2,
+    warmup: int = 3,
+    runs: int = 10,
+) -> float:
+    """Median wall time (ms) of one ``session.run`` on ``inputs``."""
+    sess = ort_session(path, threads)
+    feed = {sess.get_inputs()[0].name: inputs}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def ort_supports_int4() -> Tuple[bool, str]:
+    """Whether onnxruntime runs a per-axis INT4 DequantizeLinear + MatMul.
+
+    Returns:
+        tuple[bool, str]: the answer and, when False, why.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor('w', TensorProto.INT4, [4, 2], [1, -2, 3, -4] * 2)
+    s = helper.make_tensor('s', TensorProto.FLOAT, [2], [0.5, 0.25])
+    z = helper.make_tensor('z', TensorProto.INT4, [2], [0, 0])
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                'DequantizeLinear', ['w', 's', 'z'], ['wd'], axis=1
+            ),
+            helper.make_node('MatMul', ['x', 'wd'], ['y']),
+        ],
+        'int4_probe',
+        [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1, 2])],
+        initializer=[w, s, z],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid('', 21)]
+    )
+    model.ir_version = min(model.ir_version, 10)
+    fd, path = tempfile.mkstemp(suffix='.onnx')
+    os.close(fd)
+    try:
+        onnx.save(model, path)
+        out = run_onnx(path, np.ones((1, 4), np.float32))[0]
+    except Exception as e:  # the runtime's own words
+        return False, (
+            f'onnxruntime {ort.__version__} cannot run INT4 '
+            f'DequantizeLinear ({str(e).splitlines()[0][:160]})'
+        )
+    finally:
+        os.remove(path)
+    expect = np.array([[(1 + 3 + 1 + 3) * 0.5, (-2 - 4 - 2 - 4) * 0.25]])
+    if not np.allclose(out, expect):
+        return False, f'onnxruntime {ort.__version__} computes INT4 wrongly'
+    return True, ''

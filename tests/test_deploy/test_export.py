@@ -1,0 +1,237 @@
+"""ONNX export: Q/DQ graph, integer 2:4 weights, onnxruntime parity.
+
+Tiny students of the three demo configs (classifier, UperNet, Mask R-CNN
+backbone + neck) are compressed without a Runner (``helpers``), saved as
+``student_final.pth`` would be, exported through the tool's entry point
+and run in onnxruntime.
+"""
+
+import os.path as osp
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from gpusq_mm.deploy import ExportError, export_and_verify, load_student
+from gpusq_mm.deploy.qdq import integer_initializers
+from gpusq_mm.quantization import quantized_layers
+
+from .helpers import CONFIGS, PART, SHAPE, SHAPES, make_student
+
+TOOL = osp.join(
+    osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
+    'tools',
+    'deploy',
+    'export_onnx.py',
+)
+
+
+def _quiet(*args):
+    pass
+
+
+def _export(tmp_path, task, stage=2, **kwargs):
+    ckpt = str(tmp_path / f'{task}_s{stage}.pth')
+    model = make_student(task, ckpt, stage, kwargs.pop('cfg_options', None))
+    out = str(tmp_path / f'{task}_s{stage}.onnx')
+    res = export_and_verify(
+        CONFIGS[task],
+        ckpt,
+        out,
+        part=PART[task],
+        shape=SHAPES[task],
+        log=_quiet,
+        cfg_options=kwargs.pop('load_options', None),
+        **kwargs,
+    )
+    return model, res, onnx.load(out)
+
+
+def _check_2to4(name: str, ints: np.ndarray, op: str) -> bool:
+    # MatMul weights are [in, out] (groups of 4 along axis 0); Conv
+    # weights [out, in, kh, kw] (groups along axis 1)
+    w = ints if op == 'Conv' else ints.T
+    w = np.moveaxis(w, 1, -1).reshape(-1, 4)
+    return bool(((w != 0).sum(1) <= 2).all())
+
+
+@pytest.mark.parametrize('task', ['cls', 'seg', 'det'])
+def test_qat_student_exports_qdq_int8(tmp_path, task):
+    model, res, graph = _export(tmp_path, task)
+    assert res['mode'] == 'int8' and res['passed'], res['failure']
+    for row in res['parity']:
+        # not bit-exact: onnxruntime's QuantizeLinear divides by the scale
+        # (PyTorch multiplies by its inverse) and its FP32 ops differ in
+        # the last bits, so a few activations round to the neighbouring
+        # integer; the error stays far below one quantization step per
+        # output on average
+        assert row['cosine'] > 0.999, row
+        assert row['max_abs'] <= 0.05 * max(row['ref_max_abs'], 1e-6)
+    # every quantized layer of the exported part has int8 weights, and
+    # only those: no FP32 copy of a quantized weight is left
+    prefix = {'full': '', 'backbone+neck': ('backbone.', 'neck.')}
+    wanted = {
+        n
+        for n, m in quantized_layers(model).items()
+        if m._weight_quantizer.enabled
+        and (PART[task] == 'full' or n.startswith(prefix[PART[task]]))
+        and not n.startswith('auxiliary_head.')  # training only
+    }
+    assert set(res['quantized_layers']) == wanted
+    ints = integer_initializers(graph, bits=8)
+    assert len(ints) == len(wanted)
+    floats = {
+        i.name
+        for i in graph.graph.initializer
+        if i.data_type == onnx.TensorProto.FLOAT
+    }
+    assert not {f'model.{n}.weight' for n in wanted} & floats
+    ops = res['quantized_layers']
+    masked = [
+        n
+        for n in wanted
+        if bool(model.get_submodule(n).sparsity_mask_computed)
+    ]
+    assert masked, 'the demo students have 2:4 layers'
+    for name in wanted:
+        values = ints[f'model.{name}.weight_quantized']
+        if name in masked:
+            assert _check_2to4(name, values, ops[name]), name
+            assert (values == 0).mean() >= 0.5
+    # activations: QuantizeLinear -> DequantizeLinear pairs, int8
+    q_nodes = [n for n in graph.graph.node if n.op_type == 'QuantizeLinear']
+    assert q_nodes
+    inits = {i.name: i for i in graph.graph.initializer}
+    consts = {
+        n.output[0]: n.attribute[0].t
+        for n in graph.graph.node
+        if n.op_type == 'Constant'
+    }
+    zp = q_nodes[0].input[2]
+    tensor = inits.get(zp) or consts[zp]
+    assert tensor.data_type == onnx.TensorProto.INT8
+
+
+def test_classifier_fuses_integer_matmuls(tmp_path):
+    model, res, _ = _export(tmp_path, 'cls')
+    linears = [
+        n for n, op in res['quantized_layers'].items() if op == 'MatMul'
+    ]
+    fused = res['fused_ops']
+    n_int = fused.get('MatMulIntegerToFloat', 0) + fused.get(
+        'QLinearMatMul', 0
+    )
+    # every quantized Linear runs as an integer kernel in onnxruntime
+    assert n_int == len(linears) > 0, fused
+
+
+@pytest.mark.parametrize('stage', [0, 1])
+def test_dense_and_sparse_students_export_fp32(tmp_path, stage):
+    model, res, graph = _export(tmp_path, 'cls', stage=stage)
+    assert res['mode'] == 'fp32' and res['passed']
+    assert res['parity'][0]['cosine'] > 0.99999
+    assert not integer_initializers(graph)
+    assert not [n for n in graph.graph.node if 'Quantize' in n.op_type]
+    if stage == 1:  # the 2:4 zeros are in the FP32 weights
+        from onnx import numpy_helper
+
+        name = next(
+            n for n, m in model.named_modules() if n.endswith('ffn.layers.1')
+        )
+        del name  # Linear weights are folded into anonymous MatMul inputs
+        zeros = [
+            (numpy_helper.to_array(i) == 0).mean()
+            for i in graph.graph.initializer
+            if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
+        ]
+        assert max(zeros) >= 0.5
+
+
+def test_int4_student(tmp_path):
+    from gpusq_mm.deploy import ort_supports_int4
+
+    opts = {'model.quantization.w_bits': 4}
+    ok, why = ort_supports_int4()
+    if not ok:
+        with pytest.raises(ExportError, match='INT4 weights cannot'):
+            _export(tmp_path, 'cls', cfg_options=opts, load_options=opts)
+        return
+    _, res, graph = _export(
+        tmp_path, 'cls', cfg_options=opts, load_options=opts
+    )
+    assert res['mode'] == 'int4' and res['opset'] >= 21 and res['passed']
+    ints = integer_initializers(graph, bits=4)
+    assert ints and not integer_initializers(graph, bits=8)
+    assert all(v.min() >= -8 and v.max() <= 7 for v in ints.values())
+    with pytest.raises(ValueError, match='opset >= 21'):
+        export_and_verify(
+            CONFIGS['cls'],
+            str(tmp_path / 'cls_s2.pth'),
+            str(tmp_path / 'x.onnx'),
+            shape=SHAPE,
+            opset=17,
+            cfg_options=opts,
+            log=_quiet,
+        )
+
+
+def test_errors_name_the_problem(tmp_path):
+    ckpt = str(tmp_path / 'det.pth')
+    make_student('det', ckpt, stage=2)
+    with pytest.raises(ValueError, match='full export of detectors'):
+        export_and_verify(
+            CONFIGS['det'],
+            ckpt,
+            str(tmp_path / 'd.onnx'),
+            'full',
+            SHAPE,
+            log=_quiet,
+        )
+    # a checkpoint of another model
+    with pytest.raises(KeyError, match='does not match'):
+        load_student(CONFIGS['cls'], ckpt)
+    with pytest.raises(FileNotFoundError, match='checkpoint file not found'):
+        load_student(CONFIGS['cls'], str(tmp_path / 'missing.pth'))
+
+
+def test_tool_exit_status_and_progress(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('_export_tool', TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    ckpt = str(tmp_path / 'cls.pth')
+    make_student('cls', ckpt, stage=2)
+    out = str(tmp_path / 'cls.onnx')
+    args = [CONFIGS['cls'], ckpt, '--out', out, '--shape', '1x3x64x64']
+    res = tool.main(args)
+    text = capsys.readouterr().out
+    for phase in ('[load]', '[trace]', '[verify]', '[run]'):
+        assert phase in text, text
+    assert f'{res["file_bytes"] / 2**20:.2f} MB' in text
+    # an impossible tolerance: exit status 1 and a one-line reason
+    with pytest.raises(SystemExit) as exc:
+        tool.main(args + ['--tolerance', '1.5'])
+    assert exc.value.code == 1
+    assert 'parity below tolerance' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main(args[:-1] + ['1x3x64'])
+    # the printed onnxruntime command runs the file
+    import subprocess
+    import sys
+
+    cmd = res['command'].replace('python -c ', '', 1)
+    assert cmd.startswith('"') and cmd.endswith('"')
+    proc = subprocess.run(
+        [sys.executable, '-c', cmd[1:-1]], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert '(1, 6)' in proc.stdout
+
+
+def test_activation_bits_other_than_8_are_refused(tmp_path):
+    opts = {'model.quantization.a_bits': 6}
+    with pytest.raises(ValueError, match='6-bit activations cannot'):
+        _export(tmp_path, 'cls', cfg_options=opts, load_options=opts)
+    assert torch.__version__  # torch imported for the helpers

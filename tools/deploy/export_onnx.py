@@ -1,0 +1,115 @@
+"""Export a GPUSQ student (any stage) to ONNX and check it in onnxruntime.
+
+    python tools/deploy/export_onnx.py CONFIG CHECKPOINT --out model.onnx \
+        [--part full|backbone|backbone+neck] [--shape 1x3xHxW] [--opset N] \
+        [--tolerance 0.999] [--fp32] [--act-dtype int8|uint8]
+
+A QAT student exports with QuantizeLinear / DequantizeLinear activations
+and integer (INT8, or INT4 where onnxruntime runs it) weight initializers
+with per-output-channel scales, 2:4 zeros exact; a dense or 2:4-only
+student (or ``--fp32``) exports as FP32. The graph then runs in
+onnxruntime on a generated input and its outputs are compared with the
+PyTorch (fake-quant) forward: the tool exits with status 1 when the
+cosine similarity of any output is below ``--tolerance``.
+"""
+
+import argparse
+import os.path as osp
+import sys
+import time
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from gpusq_mm.deploy import (  # noqa: E402
+    PARTS,
+    ExportError,
+    export_and_verify,
+)
+
+
+def parse_shape(text: str):
+    """``'1x3x224x224'`` -> ``(1, 3, 224, 224)``."""
+    try:
+        shape = tuple(int(v) for v in text.lower().split('x'))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            f'--shape must be NxCxHxW (e.g. 1x3x224x224), got {text!r}'
+        )
+    return shape
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='the (gpusq) config file')
+    parser.add_argument('checkpoint', help='student_final.pth or any ckpt')
+    parser.add_argument('--out', required=True, help='the .onnx to write')
+    parser.add_argument('--part', choices=PARTS, default='full')
+    parser.add_argument(
+        '--shape',
+        type=parse_shape,
+        default=(1, 3, 224, 224),
+        help='input shape NxCxHxW (fixed in the graph); default 1x3x224x224',
+    )
+    parser.add_argument(
+        '--opset', type=int, help='ONNX opset (default 17; 21 for INT4)'
+    )
+    parser.add_argument(
+        '--tolerance',
+        type=float,
+        default=0.999,
+        help='minimum cosine similarity of every output with the PyTorch '
+        'forward (default 0.999)',
+    )
+    parser.add_argument(
+        '--fp32', action='store_true', help='export FP32 (quantizers off)'
+    )
+    parser.add_argument(
+        '--act-dtype',
+        choices=('int8', 'uint8'),
+        default='int8',
+        help='activation integers: int8 (TensorRT) or uint8 with zero '
+        'point 128 (the same values; faster on onnxruntime CPU)',
+    )
+    parser.add_argument('--seed', type=int, default=0, help='input seed')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, help='key=value'
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    start = time.time()
+    try:
+        result = export_and_verify(
+            args.config,
+            args.checkpoint,
+            args.out,
+            part=args.part,
+            shape=args.shape,
+            opset=args.opset,
+            quantized=not args.fp32,
+            act_dtype=args.act_dtype,
+            tolerance=args.tolerance,
+            seed=args.seed,
+            cfg_options=args.cfg_options,
+        )
+    except (ExportError, FileNotFoundError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f'export_onnx: error: {msg}', file=sys.stderr)
+        raise SystemExit(1)
+    print(f'[done] {time.time() - start:.1f} s')
+    if not result['passed']:
+        print(f'export_onnx: error: {result["failure"]}', file=sys.stderr)
+        raise SystemExit(1)
+    return result
+
+
+if __name__ == '__main__':
+    main()
