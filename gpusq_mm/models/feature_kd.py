@@ -220,7 +220,10 @@ class FeatureDistiller(nn.Module):
             if self.stats.factors.numel() != len(names):
                 raise RuntimeError(
                     f'{self.stats.factors.numel()} frozen factors for '
-                    f'{len(names)} features'
+                    f'{len(names)} features {names}: the checkpoint comes '
+                    'from a run that distilled other features (e.g. '
+                    "before distill.features.levels='later' became the "
+                    "default: set levels='all' to resume it)"
                 )
             weights = self.stats.factors.to(values)
         else:

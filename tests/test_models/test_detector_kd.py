@@ -163,3 +163,16 @@ def test_mask_kd_without_teacher_mask_head_is_an_error(tmp_path):
                 checkpoint=path,
             ),
         )
+
+
+def test_explicit_parts_the_model_lacks_are_errors(tmp_path):
+    box_only = tiny_mask_rcnn()
+    for key in ('mask_roi_extractor', 'mask_head'):
+        box_only['roi_head'].pop(key)
+    parts = dict(logits=dict(parts=dict(mask=1.0)))
+    with pytest.raises(ValueError, match='parts.mask.*no mask head'):
+        build_gpusq(box_only, tmp_path, distill=parts)
+    assert 'loss_kd_mask' not in _loss(build_gpusq(box_only, tmp_path))
+    parts = dict(logits=dict(parts=dict(query_aux=0.5)))
+    with pytest.raises(ValueError, match='query_aux.*decoder has 1 layer'):
+        build_gpusq(tiny_detr_layers('detr', 1), tmp_path, distill=parts)

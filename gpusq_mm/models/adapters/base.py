@@ -43,6 +43,8 @@ class TaskAdapter:
         self, student: nn.Module, teacher: nn.Module, parts: dict = None
     ) -> None:
         self.parts = dict(self.PARTS)
+        #: the parts the user set explicitly (checked against the model)
+        self.user_parts = dict(parts or {})
         for key, value in (parts or {}).items():
             if key not in self.PARTS:
                 raise KeyError(

@@ -61,6 +61,12 @@ class DETRAdapter(DetectorTargetsMixin, TaskAdapter):
             )
         self.sigmoid = _uses_sigmoid(student.bbox_head)
         self.num_queries = student.num_queries
+        layers = getattr(getattr(student, 'decoder', None), 'num_layers', 2)
+        if self.user_parts.get('query_aux', 0) > 0 and layers < 2:
+            raise ValueError(
+                'distill.logits.parts.query_aux (KD of the earlier decoder '
+                f'layers) is set but the decoder has {layers} layer'
+            )
 
     def student_modules(self, student: nn.Module) -> List[str]:
         return ['bbox_head']

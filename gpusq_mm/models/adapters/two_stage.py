@@ -96,6 +96,11 @@ class TwoStageAdapter(DetectorTargetsMixin, TaskAdapter):
         for extractor, head in self.stages:
             names += [extractor, head]
         self.mask_stages = []
+        if self.user_parts.get('mask', 0) > 0 and not _with_mask(student):
+            raise ValueError(
+                'distill.logits.parts.mask is set but '
+                f'{type(student).__name__} has no mask head'
+            )
         if _with_mask(student) and self.parts['mask'] > 0:
             if getattr(student.roi_head, 'share_roi_extractor', False):
                 raise ValueError(
