@@ -33,11 +33,17 @@ DISTILL_DEFAULTS = dict(
         connectors=None,  # {student module: connector cfg}
         gate_on_agreement=False,  # classifiers only
         log_per_layer=False,
+        levels='later',  # 'later' | 'all' | {module: [output indices]}
     ),
     weighting=dict(
         mode='inverse',  # QAT per-layer factors: inverse|proportional|uniform
         momentum=None,
     ),
+    # label-free mode (``hard='teacher'`` is the shorthand): the teacher's
+    # predictions replace the ground truth; the score threshold is for
+    # detectors' teacher detections
+    hard_targets='gt',  # 'gt' | 'teacher'
+    teacher_score_thr=None,
 )
 
 
@@ -67,6 +73,11 @@ def _merge(defaults: dict, given, path: str) -> dict:
 def distill_defaults(distill: Optional[dict]) -> dict:
     """``GPUSQ.distill`` with every default of the table filled in.
 
+    Feature KD compares the later stages (``features.levels='later'``).
+    ``hard='teacher'`` is the label-free mode: weight 1, the teacher's
+    predictions as targets (``hard_targets='teacher'``;
+    ``teacher_score_thr``: detectors only).
+
     Args:
         distill (dict, optional): user settings (a subset of
             :data:`DISTILL_DEFAULTS`, any depth); None: the defaults.
@@ -80,5 +91,30 @@ def distill_defaults(distill: Optional[dict]) -> dict:
         TypeError: a section given as a non-dict.
     """
     out = _merge(DISTILL_DEFAULTS, distill, 'distill')
-    out['hard'] = float(out['hard'])
+    out.update(_label_free(out))
     return out
+
+
+def _label_free(out: dict) -> dict:
+    """``hard`` (a weight), ``hard_targets`` and ``teacher_score_thr``."""
+    hard, targets = out['hard'], out['hard_targets']
+    if hard == 'teacher':
+        hard, targets = 1.0, 'teacher'
+    if isinstance(hard, str) or targets not in ('gt', 'teacher'):
+        raise ValueError(
+            "distill.hard must be a weight or 'teacher' and "
+            "distill.hard_targets 'gt' or 'teacher'; got "
+            f'hard={hard!r}, hard_targets={targets!r}'
+        )
+    thr = out['teacher_score_thr']
+    if thr is not None and targets != 'teacher':
+        raise ValueError(
+            'distill.teacher_score_thr is the score threshold of the '
+            "teacher's detections in label-free mode; set "
+            "distill.hard='teacher' (or hard_targets='teacher') to use it"
+        )
+    return dict(
+        hard=float(hard),
+        hard_targets=targets,
+        teacher_score_thr=None if thr is None else float(thr),
+    )

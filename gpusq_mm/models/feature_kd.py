@@ -8,7 +8,7 @@ sparse stage are tracked in :class:`LossStatistics`; ``freeze`` turns them
 into the QAT factors (see :mod:`gpusq_mm.distillation.weighting`).
 """
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -23,6 +23,8 @@ from gpusq_mm.distillation import (
     flatten_output,
     masked_mean,
 )
+
+from .feature_levels import resolve_levels
 
 __all__ = ['FeatureDistiller']
 
@@ -48,6 +50,12 @@ class FeatureDistiller(nn.Module):
             ``'inverse'`` (default), ``'proportional'``, ``'uniform'``.
         momentum (float, optional): EMA momentum of the statistics; None
             for the exact mean over stage 1. Defaults to None.
+        levels (str | dict): which outputs of multi-output modules (a
+            backbone's stages, a neck's levels) are compared:
+            ``'later'`` (the last two backbone stages and the neck levels
+            built from them or coarser), ``'all'``, or ``{module: [output
+            indices]}`` (see :mod:`gpusq_mm.models.feature_levels`).
+            Defaults to ``'later'``.
     """
 
     def __init__(
@@ -60,6 +68,7 @@ class FeatureDistiller(nn.Module):
         connectors: Optional[dict] = None,
         weight_mode: str = 'inverse',
         momentum: Optional[float] = None,
+        levels: Union[str, Dict[str, Sequence[int]]] = 'later',
     ) -> None:
         super().__init__()
         assert loss in ('mse', 'nmse'), (
@@ -81,6 +90,8 @@ class FeatureDistiller(nn.Module):
         self.modules_s = modules
         self.modules_t = teacher_modules
         self.student_recorder = FeatureRecorder(student, modules)
+        #: module -> kept output indices (modules absent: every output)
+        self.levels = resolve_levels(student, modules, levels)
         self.teacher_recorder = FeatureRecorder(teacher, teacher_modules)
         self.connectors = nn.ModuleDict()
         for name, cfg in (connectors or {}).items():
@@ -88,6 +99,14 @@ class FeatureDistiller(nn.Module):
                 raise KeyError(
                     f'connector {name!r} is for no distilled feature; '
                     f'features.modules = {modules}'
+                )
+            module, _, index = name.rpartition('.')
+            kept = self.levels.get(module)
+            if kept is not None and index.isdigit() and int(index) not in kept:
+                raise KeyError(
+                    f'connector {name!r} is for a feature that '
+                    f'distill.features.levels leaves out (kept outputs of '
+                    f'{module!r}: {kept})'
                 )
             self.connectors[_key(name)] = FeatureConnector(**cfg)
         self.stats = LossStatistics(momentum)
@@ -137,8 +156,14 @@ class FeatureDistiller(nn.Module):
                     f'student {m_s!r} gives {len(s_parts)} outputs, teacher '
                     f'{m_t!r} {len(t_parts)}'
                 )
+            kept = self.levels.get(m_s)
+            if kept is not None and kept and max(kept) >= len(s_parts):
+                raise ValueError(
+                    f'distill.features.levels keeps output {max(kept)} of '
+                    f'{m_s!r}, which gives {len(s_parts)} outputs'
+                )
             for i, (s, t) in enumerate(zip(s_parts, t_parts)):
-                if s is not None:
+                if s is not None and (kept is None or i in kept):
                     pairs.append((f'{m_s}.{i}', s, t))
         return pairs
 
@@ -195,7 +220,10 @@ class FeatureDistiller(nn.Module):
             if self.stats.factors.numel() != len(names):
                 raise RuntimeError(
                     f'{self.stats.factors.numel()} frozen factors for '
-                    f'{len(names)} features'
+                    f'{len(names)} features {names}: the checkpoint comes '
+                    'from a run that distilled other features (e.g. '
+                    "before distill.features.levels='later' became the "
+                    "default: set levels='all' to resume it)"
                 )
             weights = self.stats.factors.to(values)
         else:

@@ -76,11 +76,19 @@ class GPUSQ(BaseModel):
         distill (dict, optional): loss settings, any subset of
             :data:`~gpusq_mm.models.distill_config.DISTILL_DEFAULTS`
             (unknown keys at any depth are errors), defaults in brackets:
-            ``hard`` [1.0] weight of the student's task loss;
-            ``logits=dict(weight [10], T [2.0], parts [adapter's])``;
+            ``hard`` [1.0] weight of the student's task loss, or
+            ``'teacher'``: label-free mode, the teacher's predictions
+            replace the ground truth (argmax class / per-pixel argmax /
+            detections scoring >= ``teacher_score_thr`` [0.5, detectors
+            only]; long form ``hard_targets`` ['gt'|'teacher']);
+            ``logits=dict(weight [10], T [2.0], parts [adapter's: e.g.
+            DETR query, query_aux (earlier decoder layers); Mask R-CNN
+            rpn, roi, mask])``;
             ``features=dict(weight [5], modules [backbone, neck(, encoder)],
             teacher_modules [same], loss ['mse'|'nmse'], connectors,
-            gate_on_agreement [False], log_per_layer [False])``;
+            gate_on_agreement [False], log_per_layer [False], levels
+            ['later' (last two backbone stages + matching neck levels)
+            |'all'|{module: [output indices]}])``;
             ``weighting=dict(mode ['inverse'|'proportional'|'uniform'],
             momentum [None])``. Defaults to None.
         data_preprocessor (dict, optional): the config's top-level one
@@ -202,9 +210,14 @@ class GPUSQ(BaseModel):
             connectors=feats['connectors'],
             weight_mode=self.distill_cfg['weighting']['mode'],
             momentum=self.distill_cfg['weighting']['momentum'],
+            levels=feats['levels'],
         )
         if self.init_student == 'teacher' and not feats['connectors']:
             _check_same_parameters(self.architecture, teacher)
+        if self.distill_cfg['hard_targets'] == 'teacher':
+            self.adapter.check_label_free(
+                self.distill_cfg['teacher_score_thr']
+            )
 
     def init_weights(self) -> None:
         """Initialize the student; start it from the teacher's weights."""
@@ -368,17 +381,24 @@ class GPUSQ(BaseModel):
             )
         self._sync_stage()
         cfg = self.distill_cfg
-        with self.adapter.recorder, self.feature_kd.student_recorder:
-            hard = self.architecture.loss(inputs, data_samples)
         teacher = self.teacher
         if self._qat_teacher is not None:
             t_inputs = inputs
         else:
             t_inputs = self.input_adapter(inputs)
-        with torch.no_grad(), self.feature_kd.teacher_recorder:
-            t_out = self.adapter.teacher_forward(
-                teacher, t_inputs, data_samples
-            )
+        t_out = None
+        if cfg['hard_targets'] == 'teacher':  # label-free mode
+            with torch.no_grad(), self.feature_kd.teacher_recorder:
+                t_out, data_samples = self.adapter.teacher_targets(
+                    teacher, t_inputs, data_samples, cfg['teacher_score_thr']
+                )
+        with self.adapter.recorder, self.feature_kd.student_recorder:
+            hard = self.architecture.loss(inputs, data_samples)
+        if t_out is None:
+            with torch.no_grad(), self.feature_kd.teacher_recorder:
+                t_out = self.adapter.teacher_forward(
+                    teacher, t_inputs, data_samples
+                )
         losses = {}
         for key, value in hard.items():
             if 'loss' in key and cfg['hard'] != 1.0:

@@ -81,7 +81,7 @@ def test_mmdet_mask_rcnn_swin(tmp_path, coco_cfg_options):
     cfg.model.train_cfg.rcnn.sampler.num = 64
     cfg = gpusq_cfg(cfg, str(tmp_path), size=96)
     runner = _train(cfg)
-    _check(runner, cfg, 'loss_mask', ['rpn', 'roi'])
+    _check(runner, cfg, 'loss_mask', ['rpn', 'roi', 'mask'])
 
 
 def test_mmdet_cascade_mask_rcnn(tmp_path, coco_cfg_options):
@@ -89,8 +89,9 @@ def test_mmdet_cascade_mask_rcnn(tmp_path, coco_cfg_options):
     cfg.model = tiny_cascade()
     cfg = gpusq_cfg(cfg, str(tmp_path), size=96)
     runner = _train(cfg)
-    _check(runner, cfg, 's2.loss_cls', ['rpn', 'roi'])
+    _check(runner, cfg, 's2.loss_cls', ['rpn', 'roi', 'mask'])
     assert len(runner.model.adapter.stages) == 3  # KD on every stage
+    assert len(runner.model.adapter.mask_stages) == 3
 
 
 @pytest.mark.parametrize('name', ['detr', 'dino'])

@@ -3,11 +3,13 @@
 An adapter knows, for one kind of OpenMMLab model, where the student's
 logits appear while its own ``loss()`` runs (forward hooks on head modules,
 so the task loss is computed once and unchanged), how to run the teacher
-on the same inputs (and on the student's RoIs / matched queries), and how
-to turn both into soft-logit KD losses.
+on the same inputs (and on the student's RoIs / matched queries), how
+to turn both into soft-logit KD losses, and (label-free mode,
+``distill.hard='teacher'``) how to turn the teacher's predictions into the
+ground truth of the student's task loss.
 """
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,11 +33,18 @@ class TaskAdapter:
     SUPPORTED: str = ''
     #: logit-KD parts and their default weights (log keys loss_kd_<part>)
     PARTS: Dict[str, float] = {}
+    #: whether label-free mode (teacher predictions as targets) is
+    #: implemented for this family
+    LABEL_FREE: bool = False
+    #: whether the detector score threshold of label-free mode applies
+    USES_SCORE_THR: bool = False
 
     def __init__(
         self, student: nn.Module, teacher: nn.Module, parts: dict = None
     ) -> None:
         self.parts = dict(self.PARTS)
+        #: the parts the user set explicitly (checked against the model)
+        self.user_parts = dict(parts or {})
         for key, value in (parts or {}).items():
             if key not in self.PARTS:
                 raise KeyError(
@@ -80,4 +89,48 @@ class TaskAdapter:
         self, teacher_out: dict, data_samples: Sequence, temperature: float
     ) -> Dict[str, torch.Tensor]:
         """Unweighted soft-logit losses by part name."""
+        raise NotImplementedError
+
+    def check_label_free(self, score_thr: Optional[float]) -> None:
+        """Fail at build time when label-free mode cannot be honoured.
+
+        Args:
+            score_thr (float, optional): ``distill.teacher_score_thr``.
+
+        Raises:
+            ValueError: the family has no label-free mode, or a score
+                threshold is given to a family that has no scores.
+        """
+        if not self.LABEL_FREE:
+            raise ValueError(
+                "distill.hard='teacher' (label-free mode) is not "
+                f'implemented for {self.SUPPORTED}'
+            )
+        if score_thr is not None and not self.USES_SCORE_THR:
+            raise ValueError(
+                'distill.teacher_score_thr applies to detectors only; '
+                f"{self.SUPPORTED} takes the teacher's argmax"
+            )
+
+    def teacher_targets(
+        self,
+        teacher: nn.Module,
+        inputs: torch.Tensor,
+        data_samples: Sequence,
+        score_thr: Optional[float] = None,
+    ) -> Tuple[Optional[dict], List]:
+        """The data samples with the teacher's predictions as ground truth.
+
+        Args:
+            teacher (nn.Module): the active teacher (eval mode).
+            inputs (Tensor): the teacher's preprocessed batch.
+            data_samples (Sequence): the batch's data samples (not
+                modified; copies are returned).
+            score_thr (float, optional): detectors' score threshold.
+
+        Returns:
+            tuple[dict | None, list]: :meth:`teacher_forward`'s output when
+            it was computed on the way (reused for the KD losses), and the
+            relabelled data samples.
+        """
         raise NotImplementedError

@@ -36,10 +36,17 @@ class SegmentorAdapter(TaskAdapter):
     pixels whose ground truth (nearest-resized) is ``ignore_index`` are left
     out. Auxiliary heads are paired by position; a teacher without them
     teaches the student's auxiliary heads from its decode head.
+
+    Label-free mode: the ground truth becomes the teacher's per-pixel
+    argmax (its decode-head logits resized to the batch's input size as
+    mmseg resizes logits to the labels; single-channel heads: sigmoid >
+    the head's threshold); padding outside each image's ``img_shape``
+    stays ``ignore_index``.
     """
 
     SUPPORTED = 'mmseg EncoderDecoder'
     PARTS = {'seg': 1.0, 'seg_aux': 0.4}
+    LABEL_FREE = True
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
@@ -63,6 +70,33 @@ class SegmentorAdapter(TaskAdapter):
         for i, name in enumerate(_aux_names(teacher)):
             out[f'aux{i}'] = t_aux[name](x)
         return out
+
+    def teacher_targets(self, teacher, inputs, data_samples, score_thr=None):
+        from mmengine.structures import PixelData
+
+        out = self.teacher_forward(teacher, inputs, data_samples)
+        head = teacher.decode_head
+        logits = F.interpolate(
+            out['decode_head'].detach().float(),
+            size=inputs.shape[-2:],
+            mode='bilinear',
+            align_corners=getattr(head, 'align_corners', False),
+        )
+        if logits.shape[1] == 1:
+            thr = float(getattr(head, 'threshold', None) or 0.5)
+            labels = (logits[:, 0].sigmoid() > thr).long()
+        else:
+            labels = logits.argmax(1)
+        relabelled = []
+        for ds, lab in zip(data_samples, labels):
+            ds = ds.clone()
+            h, w = ds.metainfo.get('img_shape', lab.shape)[:2]
+            lab = lab.clone()
+            lab[h:, :] = self.ignore_index
+            lab[:, w:] = self.ignore_index
+            ds.gt_sem_seg = PixelData(data=lab[None])
+            relabelled.append(ds)
+        return out, relabelled
 
     def _valid(self, data_samples, size) -> torch.Tensor:
         if not data_samples or not hasattr(data_samples[0], 'gt_sem_seg'):
