@@ -15,6 +15,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import gpusq_mm  # noqa: F401  (registries, safe checkpoint loading)
+from gpusq_mm.utils.dist import setup_cpu_distributed
 
 
 def parse_args(argv=None):
@@ -60,6 +61,7 @@ def main(argv=None):
         cfg.work_dir = osp.join(
             './work_dirs', osp.splitext(osp.basename(args.config))[0]
         )
+    setup_cpu_distributed(cfg, args.cfg_options)  # gloo without CUDA
     cfg.load_from = args.checkpoint
     cfg.resume = False
     if 'runner_type' not in cfg:
