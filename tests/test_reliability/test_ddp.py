@@ -247,7 +247,8 @@ def test_dist_train_sh_runs_the_demo_pipeline_on_cpu(
         assert info['wrapper'] == 'MMDistributedDataParallel'
         assert not info['teacher_params_in_ddp']
         assert info['stage'] == 2
-        assert info['val_samples'] == 6  # 12 val images, half each
+        # 2 validations of 12 images, each rank runs half of them
+        assert info['val_samples'] == 2 * 6
     assert r0['info']['val_sizes'] == [12, 12]  # gathered from both ranks
     assert r0['info']['metrics'] == r1['info']['metrics']
     assert r0['info']['factors'] == r1['info']['factors']
