@@ -121,7 +121,7 @@ def build_teacher(
             teacher, checkpoint, map_location='cpu', strict=strict, logger=None
         )
     except pickle.UnpicklingError as e:
-        raise ValueError(f'teacher checkpoint {checkpoint!r}: {e}') from e
+        raise ValueError(f'model.teacher.checkpoint: {e}') from e
     except RuntimeError as e:
         if 'state_dict' not in str(e) and 'size mismatch' not in str(e):
             raise

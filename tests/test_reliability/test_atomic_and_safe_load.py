@@ -151,3 +151,40 @@ def test_loads_go_through_weights_only(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, 'load', spy)
     load_checkpoint(torch.nn.Linear(2, 2), path)
     assert calls == [True]
+
+
+def test_resume_and_teacher_load_with_weights_only(
+    tmp_path, monkeypatch, dense_checkpoint
+):
+    """A real resume (message hub, numpy scalars inside), a teacher load
+    and a student-only load all go through torch.load(weights_only=True)."""
+    from test_engine.toy import toy_runner
+
+    from gpusq_mm.models.student import student_checkpoint
+    from gpusq_mm.models.teacher import build_teacher
+
+    config = osp.join(
+        REPO_ROOT, 'configs', 'gpusq', 'demo', 'swin_cls_tiny_dense.py'
+    )
+    _, teacher = dense_checkpoint(config, str(tmp_path / 'dense.pth'))
+    first = toy_runner(tmp_path, 'first', max_iters=2, ckpt_interval=2)
+    first.train()
+    ckpt = osp.join(first.work_dir, 'iter_2.pth')
+    student = str(tmp_path / 'student.pth')
+    student_checkpoint(first.model, student, dict(iter=2))
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get('weights_only'))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, 'load', spy)
+    second = toy_runner(
+        tmp_path, 'second', load_from=ckpt, resume=True, max_iters=3
+    )
+    second.train()
+    assert second.iter == 3 and calls == [True]
+    build_teacher(config, teacher)
+    load_checkpoint(second.model, student, strict=True)
+    assert calls == [True, True, True]

@@ -55,7 +55,7 @@ def test_garbled_teacher_checkpoint(tmp_path):
     with pytest.raises(ValueError) as info:
         build_teacher(CLS_DENSE, path)
     text = str(info.value)
-    assert f'teacher checkpoint {path!r}' in text
+    assert text.startswith(f'model.teacher.checkpoint: checkpoint {path!r}')
     assert 'not a readable PyTorch checkpoint' in text
     assert _digest(path) == before
 

@@ -1,6 +1,7 @@
 """DDP on a CPU machine: the launcher path, disjoint calibration shards and
 statistics that every rank agrees on."""
 
+import json
 import os
 import os.path as osp
 import socket
@@ -265,3 +266,35 @@ def test_dist_train_sh_runs_the_demo_pipeline_on_cpu(
     for key, value in s0.items():
         assert torch.equal(saved[key], value), key
     assert osp.isfile(osp.join(work_dir, 'student_final.pth'))
+
+    # tools/dist_test.sh on the same CPU ranks: the gathered metric of the
+    # last checkpoint equals the last validation of the training run
+    out = str(tmp_path / 'metrics.json')
+    env['PORT'] = str(_free_port())
+    cmd = [
+        'bash',
+        'tools/dist_test.sh',
+        str(config),
+        osp.join(work_dir, 'epoch_2.pth'),
+        '2',
+        '--work-dir',
+        str(tmp_path / 'test'),
+        '--out',
+        out,
+        '--cfg-options',
+        f'model.teacher.checkpoint={teacher}',
+        *loaders,
+        *cls_cfg_options,
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    with open(out) as f:
+        metrics = json.load(f)
+    assert metrics == r0['info']['metrics'][-1]
