@@ -108,6 +108,40 @@ def test_ddp_ranks_agree_on_stage1_statistics(tmp_path):
     assert r0['same'] == [True, True, True]  # buffers updated in place
 
 
+class _Loader:
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.batch_size = 4
+        self.collate_fn = None
+
+
+def _small_shard_worker(rank, port, tmp_path, out):
+    from gpusq_mm.engine.hooks.qat_hook import (
+        _calibration_loader,
+        _check_calibration_set,
+    )
+
+    init_gloo(rank, port)
+    loader = _calibration_loader(_Loader([torch.zeros(2)]))  # 1 sample
+    try:
+        _check_calibration_set(loader, 4)
+        message = None
+    except RuntimeError as e:
+        message = str(e)
+    with open(os.path.join(out, f'shard{rank}.txt'), 'w') as f:
+        f.write(f'{len(loader.dataset)}|{message}')
+    torch.distributed.destroy_process_group()
+
+
+def test_calibration_set_smaller_than_the_ranks_fails_on_all(tmp_path):
+    out = run_two_ranks(_small_shard_worker, tmp_path)
+    texts = [open(osp.join(out, f'shard{r}.txt')).read() for r in (0, 1)]
+    assert [t.split('|')[0] for t in texts] == ['1', '0']
+    for text in texts:  # every rank stops, not only the empty one
+        assert 'calibration set is empty' in text
+        assert 'list has 1 samples for 2 rank(s)' in text
+
+
 # -- the whole demo pipeline through tools/dist_train.sh ----------------------
 DUMP_HOOK = textwrap.dedent(
     """

@@ -1,6 +1,6 @@
 """Exact resume of the demo GPUSQ pipeline from a checkpoint of each stage.
 
-One uninterrupted run of the demo classifier config (1 iteration per
+One uninterrupted run of the demo classifier config (8 images, 1 iteration per
 epoch: 2 epochs of 2:4 + KD, then 2 of QAT) records, before every
 iteration, the whole algorithm state (student weights, masks, amax,
 stage, stage-1 statistics, frozen factors, the QAT teacher) and the lr,
@@ -98,6 +98,7 @@ def _options(teacher, cls_cfg_options, run, epochs, save_extra=False):
         'default_hooks.checkpoint.interval=1',
         'default_hooks.checkpoint.max_keep_ckpts=10',
         'randomness.seed=0',
+        'train_dataloader.dataset.indices=8',  # 8 images, one batch
         # deterministic batches: no random crop / flip / drop path
         'train_dataloader.dataset.pipeline.1.crop_ratio_range=(1.0,1.0)',
         'train_dataloader.dataset.pipeline.1.aspect_ratio_range=(1.0,1.0)',
