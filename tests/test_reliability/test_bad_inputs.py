@@ -167,17 +167,21 @@ def test_small_calibration_set_is_used_with_a_warning(tmp_path):
 
 # -- NaN during QAT -----------------------------------------------------------
 class _NaNAfter(ToyModel):
-    """Returns a NaN loss from the 5th training step on."""
+    """Returns a NaN loss from the 5th training step on; ``detached``:
+    a NaN that reaches no gradient (the weights stay finite)."""
 
-    def __init__(self):
+    def __init__(self, detached=False):
         super().__init__()
         self.steps = 0
+        self.detached = detached
 
     def forward(self, inputs, labels=None, mode='tensor'):
         out = super().forward(inputs, labels, mode)
         if mode == 'loss':
             self.steps += 1
-            if self.steps >= 5:
+            if self.steps >= 5 and self.detached:
+                out = dict(loss=out['loss'] + torch.tensor(float('nan')))
+            elif self.steps >= 5:
                 out = dict(loss=out['loss'] * float('nan'))
         return out
 
@@ -202,6 +206,7 @@ def test_nan_loss_during_qat_stops_and_keeps_last_checkpoint(tmp_path):
         runner.train()
     text = str(info.value)
     assert 'non-finite loss at iter 5' in text and 'iter_4.pth' in text
+    assert 'parameters now hold NaN / inf' in text
     names = sorted(os.listdir(runner.work_dir))
     assert 'iter_4.pth' in names and 'iter_5.pth' not in names
     with open(osp.join(runner.work_dir, 'last_checkpoint')) as f:
@@ -212,6 +217,26 @@ def test_nan_loss_during_qat_stops_and_keeps_last_checkpoint(tmp_path):
         for v in saved['state_dict'].values()
         if v.is_floating_point()
     )
+
+
+def test_nan_loss_with_finite_weights_goes_on(tmp_path):
+    runner = toy_runner(
+        tmp_path,
+        'skipped',
+        model=_NaNAfter(detached=True),
+        hooks=[
+            dict(
+                type='gpusq_mm.QATHook',
+                begin_iter=2,
+                num_batches=2,
+                progress=False,
+            )
+        ],
+        max_iters=6,
+    )
+    runner.train()
+    assert runner.iter == 6
+    assert all(torch.isfinite(p).all() for p in runner.model.parameters())
 
 
 # -- tampered masks -----------------------------------------------------------

@@ -255,7 +255,11 @@ class QATHook(Hook):
     def after_train_iter(
         self, runner, batch_idx: int, data_batch=None, outputs=None
     ) -> None:
-        """Stop on a non-finite QAT loss before a checkpoint can save it."""
+        """Stop on a non-finite QAT loss before a checkpoint can save it.
+
+        A non-finite loss whose step left the student's weights finite
+        (AMP's loss scaler skipped it) is only logged.
+        """
         if not self.active or not isinstance(outputs, dict):
             return
         bad = {
@@ -270,14 +274,26 @@ class QATHook(Hook):
         }
         if not bad:
             return
+        where = f'iter {runner.iter + 1} (epoch {runner.epoch})'
+        damaged = [
+            n
+            for n, p in _student(runner.model).named_parameters()
+            if not bool(torch.isfinite(p).all())
+        ]
+        if not damaged:
+            runner.logger.warning(
+                f'QATHook: non-finite loss at {where}: {bad}; the weights '
+                'are still finite (the step was skipped), training goes on'
+            )
+            return
         last = runner.message_hub.get_info('last_ckpt')
         raise FloatingPointError(
-            f'QATHook: non-finite loss at iter {runner.iter + 1} (epoch '
-            f'{runner.epoch}) of the QAT stage: {bad}; training stopped '
-            'before this step could be checkpointed, the last checkpoint '
-            f'({last or "none yet"}) is kept. Lower the QAT lr '
-            '(QATHook lr_factor) or check the calibration ranges, then '
-            'resume from it'
+            f'QATHook: non-finite loss at {where} of the QAT stage: {bad}; '
+            f'{len(damaged)} parameters now hold NaN / inf (e.g. '
+            f'{damaged[0]}). Training stopped before this step could be '
+            f'checkpointed; the last checkpoint ({last or "none yet"}) is '
+            'kept. Lower the QAT lr (QATHook lr_factor) or check the '
+            'calibration ranges, then resume from it'
         )
 
     # -- the switch -------------------------------------------------------

@@ -229,6 +229,7 @@ class SparsityHook(Hook):
         student = get_student(runner.model)
         if not has_masks(student):  # e.g. before_run was skipped
             attach_masks(student, cfg=self.cfg)
+        check_loaded_masks(student)  # computed masks must be 2:4
         layers = masked_layers(student)
         missing = [
             n for n, m in layers.items() if not bool(m._buffers[FLAG_NAME])
@@ -262,7 +263,6 @@ class SparsityHook(Hook):
                 + (' (channels permuted)' if permuted else '')
             )
         elif layers:
-            check_loaded_masks(student)
             runner.logger.info(
                 f'SparsityHook: {len(layers)} 2:4 masks loaded from the '
                 'checkpoint, not recomputed'
