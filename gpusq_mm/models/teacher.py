@@ -101,7 +101,9 @@ def build_teacher(
         )
     if '://' not in checkpoint and not osp.isfile(checkpoint):
         raise FileNotFoundError(
-            f'teacher checkpoint not found: {checkpoint!r}'
+            f'teacher checkpoint not found: {checkpoint!r}; point '
+            'model.teacher.checkpoint at the trained dense model, e.g. '
+            '--cfg-options model.teacher.checkpoint=PATH'
         )
     model_cfg, scope = load_teacher_config(config)
     model_cfg = ConfigDict(model_cfg)

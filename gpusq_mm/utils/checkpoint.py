@@ -241,13 +241,40 @@ def safe_torch_load(filename: str, map_location=None) -> Any:
             ) from e
         raise pickle.UnpicklingError(
             f'checkpoint {filename!r} is not a readable PyTorch checkpoint '
-            f'(truncated or garbled: {text.splitlines()[0] if text else e})'
+            f'(truncated or garbled: {_reason(text)})'
         ) from e
     except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError) as e:
+        text = str(e)
+        if isinstance(e, RuntimeError) and not any(
+            m in text for m in _CORRUPT_MARKERS
+        ):
+            raise RuntimeError(f'loading checkpoint {filename!r}: {e}') from e
         raise pickle.UnpicklingError(
             f'checkpoint {filename!r} is not a readable PyTorch checkpoint '
-            f'(truncated or garbled: {type(e).__name__}: {e})'
+            f'(truncated or garbled: {type(e).__name__}: {_reason(text)})'
         ) from e
+
+
+#: RuntimeError texts of torch.load that mean a damaged file.
+_CORRUPT_MARKERS = (
+    'zip archive',
+    'central directory',
+    'PytorchStreamReader',
+    'EOF',
+    'invalid load key',
+    'magic number',
+)
+
+
+def _reason(text: str) -> str:
+    """The informative line of a torch.load error (not the boilerplate)."""
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    useful = [
+        x
+        for x in lines
+        if not x.startswith(('Weights only load failed', 'Check the doc'))
+    ]
+    return (useful or lines or [text])[0]
 
 
 def _register_safe_local_loader() -> None:
