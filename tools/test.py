@@ -19,6 +19,7 @@ from mmengine.runner import Runner
 
 import gpusq_mm  # noqa: F401  (registries, safe checkpoint loading)
 from gpusq_mm.apis import load_config, strip_teacher, wrap_config
+from gpusq_mm.utils.dist import setup_cpu_distributed
 
 
 def parse_args(argv=None):
@@ -71,6 +72,7 @@ def main(argv=None):
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', name)
+    setup_cpu_distributed(cfg, args.cfg_options)  # gloo without CUDA
     cfg.load_from = args.checkpoint
     cfg.resume = False
     if 'runner_type' not in cfg:

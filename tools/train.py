@@ -23,6 +23,7 @@ from mmengine.runner import Runner
 
 import gpusq_mm  # noqa: F401  (registries, safe checkpoint loading)
 from gpusq_mm.apis import load_config, wrap_config
+from gpusq_mm.utils.dist import setup_cpu_distributed
 
 
 def parse_args(argv=None):
@@ -107,6 +108,7 @@ def build_cfg(args) -> Config:
 def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
+    setup_cpu_distributed(cfg, args.cfg_options)  # gloo without CUDA
     if 'runner_type' not in cfg:
         runner = Runner.from_cfg(cfg)
     else:

@@ -4,7 +4,9 @@
 (``out_dir/coco``, ``out_dir/ade``, ``out_dir/cls``) and records what it
 wrote in ``<folder>/gpusq_manifest.json``. A later call with the same
 settings finds the manifest, checks the files are still there and skips
-the work; other settings regenerate the folder from scratch.
+the work; other settings regenerate the folder from scratch. A folder
+without our manifest (e.g. a real dataset) is never deleted: generation
+into it is refused.
 """
 
 import json
@@ -82,6 +84,14 @@ def generate_task(
     ):
         return root
     if osp.isdir(root):
+        if old is None and os.listdir(root):
+            raise FileExistsError(
+                f'{root} exists and was not written by gpusq_mm (no readable '
+                f'{MANIFEST}): refusing to delete it (a real {folder!r} '
+                'dataset?). Generate into another folder (--out) or move it '
+                'away yourself; only folders holding our manifest are '
+                'regenerated'
+            )
         shutil.rmtree(root)
     os.makedirs(root)
     stats = fn(

@@ -92,9 +92,9 @@ class LossStatistics(nn.Module):
                 f'the number of distilled features changed from '
                 f'{self.mean.numel()} to {n}'
             )
-        dev = self.mean.device
-        self.mean = torch.zeros(n, dtype=torch.float64, device=dev)
-        self.count = torch.zeros(n, dtype=torch.int64, device=dev)
+        # in place: a DDP wrapper holds references to these buffers
+        self.mean.resize_(n).zero_()
+        self.count.resize_(n).zero_()
 
     @torch.no_grad()
     def update(self, names: Sequence[str], losses: Sequence) -> None:
@@ -126,7 +126,7 @@ class LossStatistics(nn.Module):
         else:
             n = self.mean.numel()
             factors = torch.full((n,), 1.0 / max(n, 1))
-        self.factors = factors.to(self.mean.device)
+        self.factors.resize_(factors.numel()).copy_(factors)  # in place
         self.frozen.fill_(True)
         return self.factors
 
@@ -141,11 +141,6 @@ class LossStatistics(nn.Module):
             value = state_dict.get(prefix + key)
             current = getattr(self, key)
             if value is not None and value.shape != current.shape:
-                setattr(
-                    self,
-                    key,
-                    torch.zeros(
-                        value.shape, dtype=current.dtype, device=current.device
-                    ),
-                )
+                with torch.no_grad():  # in place (DDP holds references)
+                    current.resize_(value.shape).zero_()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -213,9 +213,7 @@ class FeatureDistiller(nn.Module):
         if bool(self.stats.frozen) and self.stats.factors.numel() == 0:
             # frozen before any stage-1 statistics: uniform factors, kept
             # in the buffer so checkpoints carry them
-            self.stats.factors = torch.full(
-                (len(names),), 1.0 / len(names), device=values.device
-            )
+            self.stats.factors.resize_(len(names)).fill_(1.0 / len(names))
         if bool(self.stats.frozen):
             if self.stats.factors.numel() != len(names):
                 raise RuntimeError(

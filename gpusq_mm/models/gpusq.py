@@ -31,6 +31,7 @@ from mmengine.model import BaseModel
 
 from gpusq_mm.registry import MODELS
 from gpusq_mm.sparsity import FLAG_NAME
+from gpusq_mm.utils.dist import all_reduce_loss_statistics
 
 from .adapters import adapter_class_for
 from .distill_config import distill_defaults
@@ -358,6 +359,8 @@ class GPUSQ(BaseModel):
                 logger='current',
                 level=logging.WARNING,
             )
+        # ranks tracked their own batches: average before freezing
+        all_reduce_loss_statistics(self.feature_kd.stats)
         self.feature_kd.freeze_factors()
         if teacher == 'sparse' and self._qat_teacher is None:
             self._make_qat_teacher()

@@ -106,7 +106,18 @@ def _attach_sparsity(student: nn.Module, sparsity: dict) -> List[str]:
 
     fields = {f.name for f in dataclasses.fields(SparsityConfig)}
     cfg = SparsityConfig(**{k: v for k, v in sparsity.items() if k in fields})
-    return attach_masks(student, sparsity.get('names'), cfg)
+    names = attach_masks(student, sparsity.get('names'), cfg)
+    if not names:
+        from gpusq_mm.sparsity import format_selection, select_layers
+
+        raise ValueError(
+            'model.sparsity selects no layer for 2:4, nothing to prune '
+            f'({sparsity}); candidates are Linear / Conv2d layers with '
+            'input % in_align == 0 and output % out_align == 0 that no '
+            'exclude pattern matches. The selection:\n'
+            + format_selection(select_layers(student, cfg), student)
+        )
+    return names
 
 
 def apply_compression(

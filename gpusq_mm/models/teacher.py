@@ -14,6 +14,7 @@ running random batch augmentations twice.
 """
 
 import os.path as osp
+import pickle
 from typing import Optional, Tuple, Union
 
 import torch
@@ -100,7 +101,9 @@ def build_teacher(
         )
     if '://' not in checkpoint and not osp.isfile(checkpoint):
         raise FileNotFoundError(
-            f'teacher checkpoint not found: {checkpoint!r}'
+            f'teacher checkpoint not found: {checkpoint!r}; point '
+            'model.teacher.checkpoint at the trained dense model, e.g. '
+            '--cfg-options model.teacher.checkpoint=PATH'
         )
     model_cfg, scope = load_teacher_config(config)
     model_cfg = ConfigDict(model_cfg)
@@ -115,9 +118,22 @@ def build_teacher(
         teacher = ROOT_MODELS.build(model_cfg)
     from mmengine.runner.checkpoint import load_checkpoint
 
-    load_checkpoint(
-        teacher, checkpoint, map_location='cpu', strict=strict, logger=None
-    )
+    try:
+        load_checkpoint(
+            teacher, checkpoint, map_location='cpu', strict=strict, logger=None
+        )
+    except pickle.UnpicklingError as e:
+        raise ValueError(f'model.teacher.checkpoint: {e}') from e
+    except RuntimeError as e:
+        if 'state_dict' not in str(e) and 'size mismatch' not in str(e):
+            raise
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        raise ValueError(
+            f'teacher checkpoint {checkpoint!r} does not match the teacher '
+            f'config {config if isinstance(config, str) else type(config)} '
+            f'({type(teacher).__name__}); is it the dense model of another '
+            f'architecture? {" | ".join(lines)[:600]}'
+        ) from e
     check_finite(teacher, f'teacher checkpoint {checkpoint!r}')
     return freeze(teacher)
 

@@ -14,6 +14,11 @@ quantizers and fine-tuned with distillation while its masks stay enforced.
   quantizers on the attention matmul operands (q, k, v, softmax output).
 """
 
+# first: a missing or placeholder (2.2.x) pytorch-quantization fails here,
+# saying what to install
+from .requirement import REQUIRED, check_pytorch_quantization
+
+# isort: split
 from .attention import (
     ATTENTION_QUANTIZERS,
     quantize_attention,
@@ -47,8 +52,10 @@ __all__ = [
     'GPUSQTensorQuantizer',
     'QuantConfig',
     'QuantConv2dMixin',
+    'REQUIRED',
     'QuantLinearMixin',
     'calibrate',
+    'check_pytorch_quantization',
     'calibrate_weights',
     'disable_fake_quant',
     'enable_fake_quant',

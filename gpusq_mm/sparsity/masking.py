@@ -57,6 +57,40 @@ def has_masks(model: nn.Module) -> bool:
     return any(MASK_NAME in m._buffers for m in model.modules())
 
 
+_ACCEPTED = (
+    'accepted: Linear and non-grouped, non-transposed Conv2d layers whose '
+    'input channels (per kernel position) are a multiple of 4'
+)
+
+
+def _check_maskable(name: str, module: nn.Module) -> None:
+    """Raise a clear error if ``module`` cannot carry a 2:4 mask."""
+    weight = getattr(module, 'weight', None)
+    kind = type(module).__name__
+    if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
+        raise ValueError(
+            f'2:4 forced on {name!r} ({kind}), which has no 2-d / 4-d '
+            f'weight to mask; {_ACCEPTED}'
+        )
+    if getattr(module, 'transposed', False):
+        raise ValueError(
+            f'2:4 forced on {name!r} ({kind}), a transposed convolution '
+            f'(no sparse GEMM for it); {_ACCEPTED}'
+        )
+    groups = getattr(module, 'groups', 1)
+    if groups != 1:
+        raise ValueError(
+            f'2:4 forced on {name!r} ({kind}), a grouped / depth-wise '
+            f'convolution (groups={groups}, no sparse GEMM for it); '
+            f'{_ACCEPTED}'
+        )
+    if weight.shape[1] % 4:
+        raise ValueError(
+            f'2:4 forced on {name!r} ({kind}): input channels '
+            f'{weight.shape[1]} not a multiple of 4; {_ACCEPTED}'
+        )
+
+
 def attach_masks(
     model: nn.Module,
     names: Optional[Sequence[str]] = None,
@@ -81,18 +115,13 @@ def attach_masks(
     if names is None:
         names = [d.name for d in select_layers(model, cfg) if d.eligible]
     modules = dict(model.named_modules())
-    for name in names:
+    for name in names:  # check all first: all or nothing is attached
         if name not in modules:
             raise KeyError(f'no module named {name!r} to attach a mask to')
+        _check_maskable(name, modules[name])
+    for name in names:
         module = modules[name]
-        weight = getattr(module, 'weight', None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
-            raise ValueError(f'{name!r} has no weight to mask')
-        if weight.shape[1] % 4:
-            raise ValueError(
-                f'{name!r}: input channels {weight.shape[1]} not a multiple '
-                'of 4'
-            )
+        weight = module.weight
         if MASK_NAME in module._buffers:
             continue
         module.register_buffer(

@@ -104,6 +104,19 @@ def _atomic_write_bytes(data: bytes, filepath: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, filepath)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        kept = (
+            'the previous file is unchanged'
+            if os.path.exists(filepath)
+            else 'nothing was written'
+        )
+        raise OSError(
+            e.errno,
+            f'could not write {filepath} ({len(data)} bytes): '
+            f'{e.strerror or e}; {kept}',
+        ) from e
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -140,4 +153,136 @@ def enable_atomic_local_writes() -> None:
             _atomic_write_bytes(obj, os.fspath(filepath))
 
     register_backend('local', AtomicLocalBackend, force=True, prefixes='')
+    _patch_last_checkpoint_writes()
+    _register_safe_local_loader()
     _ATOMIC = True
+
+
+class _AtomicTextFile(io.StringIO):
+    """A text file opened for writing that lands atomically on close."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._path = path
+
+    def close(self) -> None:
+        if not self.closed:
+            data = self.getvalue().encode()
+            super().close()
+            _atomic_write_bytes(data, self._path)
+
+    def __exit__(self, exc_type, *args) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # an interrupted write keeps the old file
+            super().close()
+
+
+def _patch_last_checkpoint_writes() -> None:
+    """Write MMEngine's ``last_checkpoint`` pointer atomically.
+
+    ``CheckpointHook`` writes it with a plain ``open(path, 'w')``: a
+    process killed right then leaves it empty, and ``--resume auto`` then
+    finds nothing. Only the ``open`` that module sees is replaced, and only
+    for writes.
+    """
+    import builtins
+
+    from mmengine.hooks import checkpoint_hook
+
+    def _open(file, mode='r', *args, **kwargs):
+        if mode == 'w' and not args and not kwargs:
+            return _AtomicTextFile(os.fspath(file))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    checkpoint_hook.open = _open
+
+
+def safe_torch_load(filename: str, map_location=None) -> Any:
+    """``torch.load(weights_only=True)`` with errors that name the file.
+
+    Args:
+        filename (str): a local checkpoint.
+        map_location: as for ``torch.load``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        pickle.UnpicklingError: the file carries a pickled object outside
+            the allow-list (tensors, containers, MMEngine's message-hub
+            types), or it is not a readable checkpoint (truncated,
+            garbled).
+    """
+    import pickle
+    import zipfile
+
+    if not os.path.isfile(filename):
+        raise FileNotFoundError(f'checkpoint file not found: {filename!r}')
+    try:
+        return torch.load(
+            filename, map_location=map_location, weights_only=True
+        )
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        found = [
+            x.strip()
+            for x in text.splitlines()
+            if 'GLOBAL' in x or 'Unsupported global' in x
+        ]
+        if found:
+            line = found[0]
+            raise pickle.UnpicklingError(
+                f'refusing to load checkpoint {filename!r}: it carries a '
+                f'pickled object outside the allow-list ({line}). '
+                'Checkpoints are loaded with weights_only=True, which allows '
+                'tensors, plain containers and the MMEngine message-hub / '
+                'numpy types only; re-save the file as a plain state_dict, '
+                'or, if you trust it, add the type with '
+                'torch.serialization.add_safe_globals'
+            ) from e
+        raise pickle.UnpicklingError(
+            f'checkpoint {filename!r} is not a readable PyTorch checkpoint '
+            f'(truncated or garbled: {_reason(text)})'
+        ) from e
+    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError) as e:
+        text = str(e)
+        if isinstance(e, RuntimeError) and not any(
+            m in text for m in _CORRUPT_MARKERS
+        ):
+            raise RuntimeError(f'loading checkpoint {filename!r}: {e}') from e
+        raise pickle.UnpicklingError(
+            f'checkpoint {filename!r} is not a readable PyTorch checkpoint '
+            f'(truncated or garbled: {type(e).__name__}: {_reason(text)})'
+        ) from e
+
+
+#: RuntimeError texts of torch.load that mean a damaged file.
+_CORRUPT_MARKERS = (
+    'zip archive',
+    'central directory',
+    'PytorchStreamReader',
+    'EOF',
+    'invalid load key',
+    'magic number',
+)
+
+
+def _reason(text: str) -> str:
+    """The informative line of a torch.load error (not the boilerplate)."""
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    useful = [
+        x
+        for x in lines
+        if not x.startswith(('Weights only load failed', 'Check the doc'))
+    ]
+    return (useful or lines or [text])[0]
+
+
+def _register_safe_local_loader() -> None:
+    """Route MMEngine's local-path checkpoint loading through
+    :func:`safe_torch_load` (clear errors, ``weights_only=True``)."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    def load_from_local(filename, map_location):
+        return safe_torch_load(os.path.expanduser(filename), map_location)
+
+    CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_local)

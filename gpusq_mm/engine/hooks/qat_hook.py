@@ -32,17 +32,24 @@ cosine scheduler starting at the QAT epoch/iter to anneal it.
 """
 
 import itertools
+import math
 import time
 from typing import Optional
 
 import torch
 import torch.nn as nn
-from mmengine.dist import is_main_process
+from mmengine.dist import (
+    all_reduce,
+    get_rank,
+    get_world_size,
+    is_main_process,
+)
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
 
 from gpusq_mm.registry import HOOKS
+from gpusq_mm.utils.dist import shard_indices
 
 __all__ = ['QATHook']
 
@@ -53,10 +60,7 @@ def _quantization():
     try:
         from gpusq_mm import quantization
     except ImportError as e:
-        raise ImportError(
-            'QATHook needs pytorch-quantization: pip install '
-            f'"pytorch-quantization>=2.1.3" ({e})'
-        ) from e
+        raise ImportError(f'QATHook needs pytorch-quantization: {e}') from e
     return quantization
 
 
@@ -70,29 +74,53 @@ def _student(model: nn.Module) -> nn.Module:
 
 
 def _calibration_loader(train_loader):
-    """A separate, finite loader over the training set for calibration.
+    """A separate, finite loader over this rank's calibration shard.
 
     Iterating the training loader itself would reset the iterator the
     training loop holds when workers are persistent, and never ends (or
     yields nothing) with an InfiniteSampler. The calibration loader shares
-    the dataset, batch size and collate function, shuffles with a fixed
-    seed and loads in the main process.
+    the dataset, batch size and collate function and loads in the main
+    process. Its order is a permutation seeded with 0; under DDP each rank
+    takes every ``world_size``-th item of it from its rank (the split a
+    ``DistributedSampler`` makes), so ranks calibrate on disjoint batches
+    and the amax all-reduce combines them.
     """
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
 
-    generator = torch.Generator()
-    generator.manual_seed(0)
+    dataset = train_loader.dataset
+    indices = shard_indices(len(dataset), get_rank(), get_world_size())
     batch_size = train_loader.batch_size or getattr(
         train_loader.batch_sampler, 'batch_size', 1
     )
     return DataLoader(
-        train_loader.dataset,
+        Subset(dataset, indices),
         batch_size=batch_size,
-        shuffle=True,
+        shuffle=False,
         num_workers=0,
         collate_fn=train_loader.collate_fn,
-        generator=generator,
         drop_last=False,
+    )
+
+
+def _check_calibration_set(loader, num_batches: int) -> None:
+    """Refuse an empty calibration shard on any rank (names the dataset).
+
+    Raises:
+        RuntimeError: some rank has no calibration sample.
+    """
+    have = torch.tensor([len(loader.dataset)], dtype=torch.float64)
+    lowest = have.clone()
+    if get_world_size() > 1:
+        all_reduce(lowest, op='min')
+    if lowest.item() > 0:
+        return
+    dataset = loader.dataset.dataset
+    raise RuntimeError(
+        f'QATHook: the calibration set is empty: the training dataset '
+        f'{type(dataset).__name__} has {len(dataset)} samples for '
+        f'{get_world_size()} rank(s), and every rank needs at least one '
+        f'(num_batches={num_batches}); check train_dataloader.dataset '
+        '(data_root, ann_file, filter_cfg)'
     )
 
 
@@ -195,6 +223,12 @@ class QATHook(Hook):
             )
             return
         names = quant.quantize_model(student, self.quantization)
+        for hook in getattr(runner, 'hooks', []):  # EMA copies made before
+            ema = getattr(getattr(hook, 'ema_model', None), 'module', None)
+            if isinstance(ema, nn.Module):
+                ema = getattr(ema, 'architecture', ema)
+                if not quant.quantized_layers(ema):
+                    quant.quantize_model(ema, self.quantization)
         runner.logger.info(
             f'QATHook: quantized {len(names)} layers (fake quantization '
             f'off until QAT begins): {student.gpusq_quant_cfg.to_dict()}'
@@ -231,6 +265,50 @@ class QATHook(Hook):
             and runner.iter >= self.begin_iter
         ):
             self.begin_qat(runner)
+
+    def after_train_iter(
+        self, runner, batch_idx: int, data_batch=None, outputs=None
+    ) -> None:
+        """Stop on a non-finite QAT loss before a checkpoint can save it.
+
+        A non-finite loss whose step left the student's weights finite
+        (AMP's loss scaler skipped it) is only logged.
+        """
+        if not self.active or not isinstance(outputs, dict):
+            return
+        bad = {
+            k: float(v)
+            for k, v in outputs.items()
+            if 'loss' in k
+            and (
+                isinstance(v, (int, float))
+                or (isinstance(v, torch.Tensor) and v.numel() == 1)
+            )
+            and not math.isfinite(float(v))
+        }
+        if not bad:
+            return
+        where = f'iter {runner.iter + 1} (epoch {runner.epoch})'
+        damaged = [
+            n
+            for n, p in _student(runner.model).named_parameters()
+            if not bool(torch.isfinite(p).all())
+        ]
+        if not damaged:
+            runner.logger.warning(
+                f'QATHook: non-finite loss at {where}: {bad}; the weights '
+                'are still finite (the step was skipped), training goes on'
+            )
+            return
+        last = runner.message_hub.get_info('last_ckpt')
+        raise FloatingPointError(
+            f'QATHook: non-finite loss at {where} of the QAT stage: {bad}; '
+            f'{len(damaged)} parameters now hold NaN / inf (e.g. '
+            f'{damaged[0]}). Training stopped before this step could be '
+            f'checkpointed; the last checkpoint ({last or "none yet"}) is '
+            'kept. Lower the QAT lr (QATHook lr_factor) or check the '
+            'calibration ranges, then resume from it'
+        )
 
     # -- the switch -------------------------------------------------------
     def begin_qat(self, runner) -> None:
@@ -272,7 +350,14 @@ class QATHook(Hook):
         if preprocessor is None:
             preprocessor = _unwrap(runner.model).data_preprocessor
         dataloader = _calibration_loader(runner.train_loop.dataloader)
+        _check_calibration_set(dataloader, self.num_batches)
         total = min(self.num_batches, len(dataloader))
+        if total < self.num_batches:
+            runner.logger.warning(
+                f"QATHook: num_batches={self.num_batches} but this rank's "
+                f'calibration shard holds {len(dataloader.dataset)} samples '
+                f'({total} batches): calibrating on {total}'
+            )
         batches = itertools.islice(dataloader, total)
         bar = None
         if self.progress and is_main_process():

@@ -42,7 +42,7 @@ from gpusq_mm.sparsity import (
     select_layers,
 )
 
-__all__ = ['SparsityHook', 'get_student']
+__all__ = ['SparsityHook', 'check_loaded_masks', 'get_student']
 
 
 def get_student(model: nn.Module) -> nn.Module:
@@ -82,6 +82,41 @@ def _broadcast_state(student: nn.Module) -> None:
                 tensor.data.copy_(data.bool())
             else:
                 broadcast(tensor.data, src=0)
+
+
+def _ema_students(runner) -> list:
+    """The students of averaged model copies (``EMAHook``), if any."""
+    found = []
+    for hook in getattr(runner, 'hooks', []):
+        module = getattr(getattr(hook, 'ema_model', None), 'module', None)
+        if isinstance(module, nn.Module):
+            found.append(getattr(module, 'architecture', module))
+    return found
+
+
+def check_loaded_masks(student: nn.Module) -> None:
+    """Refuse computed masks that are not 2:4 (a tampered checkpoint).
+
+    Raises:
+        ValueError: naming the layers whose mask keeps more than 2 of 4.
+    """
+    from gpusq_mm.sparsity import is_2to4
+
+    bad = [
+        name
+        for name, module in masked_layers(student).items()
+        if bool(module._buffers[FLAG_NAME])
+        and not is_2to4(module._buffers[MASK_NAME])
+    ]
+    if bad:
+        shown = ', '.join(bad[:5]) + (' ...' if len(bad) > 5 else '')
+        raise ValueError(
+            f'the loaded checkpoint holds {len(bad)} 2:4 mask(s) that keep '
+            f'more than 2 of every 4 weights: {shown}; a valid mask keeps at '
+            'most 2 per group of 4 input channels. The checkpoint was '
+            'altered or is not a gpusq_mm checkpoint; re-run from the dense '
+            'weights (load_from) to recompute the masks'
+        )
 
 
 @HOOKS.register_module()
@@ -179,14 +214,28 @@ class SparsityHook(Hook):
                 'SparsityHook: 2:4 layer selection\n'
                 + format_selection(decisions, student)
             )
+        for ema_student in _ema_students(runner):  # copied before us
+            attach_masks(ema_student, names)
         if not names:
-            runner.logger.warning('SparsityHook: no layer is eligible')
+            raise ValueError(
+                'SparsityHook: no layer of '
+                f'{type(student).__name__} is selected for 2:4, nothing to '
+                f'prune (include={list(self.cfg.include)}, '
+                f'exclude={list(self.cfg.exclude)}, '
+                f'exclude_types={list(self.cfg.exclude_types)}, '
+                f'in_align={self.cfg.in_align}, '
+                f'out_align={self.cfg.out_align}); candidates are Linear / '
+                'Conv2d layers with input % in_align == 0 and output % '
+                'out_align == 0. The selection:\n'
+                + format_selection(decisions, student)
+            )
 
     def before_train(self, runner) -> None:
         """Compute missing masks from the loaded weights; start upkeep."""
         student = get_student(runner.model)
         if not has_masks(student):  # e.g. before_run was skipped
             attach_masks(student, cfg=self.cfg)
+        check_loaded_masks(student)  # computed masks must be 2:4
         layers = masked_layers(student)
         missing = [
             n for n, m in layers.items() if not bool(m._buffers[FLAG_NAME])
@@ -228,12 +277,17 @@ class SparsityHook(Hook):
         self.upkeep.apply(check=False)
         self._log_state(runner, 'start of training')
 
+    def before_test(self, runner) -> None:
+        """Refuse a tested checkpoint whose masks are not 2:4."""
+        check_loaded_masks(get_student(runner.model))
+
     def after_train_iter(
         self, runner, batch_idx: int, data_batch=None, outputs=None
     ) -> None:
         """Re-apply the masks right after the optimizer step."""
         if self.upkeep is not None:
             self.upkeep.apply()
+            self._mask_ema(runner)
 
     def after_train_epoch(self, runner) -> None:
         """Log the sparsity state."""
@@ -255,6 +309,35 @@ class SparsityHook(Hook):
             ema_student = getattr(module, 'architecture', module)
             attach_masks(ema_student, list(masked_layers(student)))
             ema_student.load_state_dict(student.state_dict())
+
+    def _mask_ema(self, runner) -> None:
+        """Zero the pruned weights of averaged models (EMAHook) too.
+
+        Whichever hook runs first after the step (an ``EMAHook`` with
+        priority ``ABOVE_NORMAL`` registered before this hook averages the
+        not yet re-masked weights), the averaged copy that checkpoints hold
+        stays 2:4.
+        """
+        emas = _ema_students(runner)
+        if not emas:
+            return
+        student = get_student(runner.model)
+        layers = [
+            (name, m._buffers[MASK_NAME])
+            for name, m in masked_layers(student).items()
+            if bool(m._buffers[FLAG_NAME])
+        ]
+        with torch.no_grad():
+            for ema_student in emas:
+                weights = [
+                    ema_student.get_submodule(name).weight
+                    for name, _ in layers
+                ]
+                masks = [
+                    mask.to(w.dtype) for w, (_, mask) in zip(weights, layers)
+                ]
+                if weights:
+                    torch._foreach_mul_(weights, masks)
 
     def _log_state(self, runner, when: str) -> None:
         state = mask_summary(get_student(runner.model))
