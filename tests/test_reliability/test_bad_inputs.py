@@ -13,9 +13,9 @@ import torch.nn as nn
 from test_engine.toy import ToyModel, toy_runner
 
 import gpusq_mm  # noqa: F401
-from gpusq_mm.engine.hooks.qat_hook import (
-    _calibration_loader,
-    _check_calibration_set,
+from gpusq_mm.engine.hooks.calibration_data import (
+    calibration_loader,
+    check_calibration_set,
 )
 from gpusq_mm.models.student import apply_compression
 from gpusq_mm.models.teacher import build_teacher
@@ -137,9 +137,9 @@ class _Loader:
 
 
 def test_empty_calibration_set():
-    loader = _calibration_loader(_Loader([]))
+    loader = calibration_loader(_Loader([]))
     with pytest.raises(RuntimeError) as info:
-        _check_calibration_set(loader, 8)
+        check_calibration_set(loader, 8)
     text = str(info.value)
     assert 'calibration set is empty' in text and 'list has 0' in text
     assert 'train_dataloader.dataset' in text

@@ -116,15 +116,15 @@ class _Loader:
 
 
 def _small_shard_worker(rank, port, tmp_path, out):
-    from gpusq_mm.engine.hooks.qat_hook import (
-        _calibration_loader,
-        _check_calibration_set,
+    from gpusq_mm.engine.hooks.calibration_data import (
+        calibration_loader,
+        check_calibration_set,
     )
 
     init_gloo(rank, port)
-    loader = _calibration_loader(_Loader([torch.zeros(2)]))  # 1 sample
+    loader = calibration_loader(_Loader([torch.zeros(2)]))  # 1 sample
     try:
-        _check_calibration_set(loader, 4)
+        check_calibration_set(loader, 4)
         message = None
     except RuntimeError as e:
         message = str(e)
