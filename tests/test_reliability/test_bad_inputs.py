@@ -254,6 +254,7 @@ def test_checkpoint_with_non_2to4_masks_refused(tmp_path):
     with pytest.raises(ValueError) as info:
         resumed.train()
     text = str(info.value)
+    assert f'the loaded checkpoint {path!r} holds 1 2:4 mask' in text
     assert 'keep more than 2 of every 4 weights: neck' in text
     assert 'at most 2 per group of 4' in text
     assert _digest(path) == before
