@@ -58,6 +58,31 @@ def test_missing_torchrun_environment(monkeypatch):
         setup_cpu_distributed(cfg, cuda=False)
 
 
+def test_gloo_group_started_and_wrapper_set_on_cpu(monkeypatch):
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', str(_free_port()))
+    cfg = Config(
+        dict(
+            launcher='pytorch',
+            env_cfg=dict(dist_cfg=dict(backend='nccl', timeout=60)),
+        )
+    )
+    try:
+        assert setup_cpu_distributed(cfg, cuda=False) == 'gloo'
+        assert torch.distributed.get_backend() == 'gloo'
+    finally:
+        torch.distributed.destroy_process_group()
+    assert cfg.env_cfg.dist_cfg == dict(backend='gloo', timeout=60)
+    assert cfg.model_wrapper_cfg == dict(
+        type='MMDistributedDataParallel',
+        broadcast_buffers=False,
+        find_unused_parameters=False,
+        device_ids=None,
+    )
+
+
 def test_shards_are_disjoint_and_cover_the_set():
     shards = [shard_indices(10, r, 2) for r in range(2)]
     assert sorted(shards[0] + shards[1]) == list(range(10))
