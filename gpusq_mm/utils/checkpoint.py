@@ -272,7 +272,9 @@ def _reason(text: str) -> str:
     useful = [
         x
         for x in lines
-        if not x.startswith(('Weights only load failed', 'Check the doc'))
+        if not x.startswith(
+            ('Weights only load failed', 'Check the doc', 'Please file')
+        )
     ]
     return (useful or lines or [text])[0]
 

@@ -12,6 +12,7 @@ present it does nothing.
 """
 
 import datetime
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -82,6 +83,16 @@ def setup_cpu_distributed(
             f'--launcher pytorch needs the torchrun environment variables '
             f'{list(_ENV)}; missing {missing}: start it with '
             'tools/dist_train.sh CONFIG NUM_PROCESSES (or torchrun)'
+        )
+    old = dist_cfg.get('backend', 'nccl')
+    if old != 'gloo':
+        from mmengine.logging import print_log
+
+        print_log(
+            f'no CUDA on this machine: env_cfg.dist_cfg.backend {old!r} '
+            "(the config's default) replaced by 'gloo'",
+            logger='current',
+            level=logging.WARNING,
         )
     dist_cfg['backend'] = 'gloo'
     env_cfg['dist_cfg'] = dist_cfg

@@ -13,9 +13,9 @@ import torch.nn as nn
 from test_engine.toy import ToyModel, toy_runner
 
 import gpusq_mm  # noqa: F401
-from gpusq_mm.engine.hooks.qat_hook import (
-    _calibration_loader,
-    _check_calibration_set,
+from gpusq_mm.engine.hooks.calibration_data import (
+    calibration_loader,
+    check_calibration_set,
 )
 from gpusq_mm.models.student import apply_compression
 from gpusq_mm.models.teacher import build_teacher
@@ -137,9 +137,9 @@ class _Loader:
 
 
 def test_empty_calibration_set():
-    loader = _calibration_loader(_Loader([]))
+    loader = calibration_loader(_Loader([]))
     with pytest.raises(RuntimeError) as info:
-        _check_calibration_set(loader, 8)
+        check_calibration_set(loader, 8)
     text = str(info.value)
     assert 'calibration set is empty' in text and 'list has 0' in text
     assert 'train_dataloader.dataset' in text
@@ -254,6 +254,7 @@ def test_checkpoint_with_non_2to4_masks_refused(tmp_path):
     with pytest.raises(ValueError) as info:
         resumed.train()
     text = str(info.value)
+    assert f'the loaded checkpoint {path!r} holds 1 2:4 mask' in text
     assert 'keep more than 2 of every 4 weights: neck' in text
     assert 'at most 2 per group of 4' in text
     assert _digest(path) == before

@@ -58,6 +58,31 @@ def test_missing_torchrun_environment(monkeypatch):
         setup_cpu_distributed(cfg, cuda=False)
 
 
+def test_gloo_group_started_and_wrapper_set_on_cpu(monkeypatch):
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', str(_free_port()))
+    cfg = Config(
+        dict(
+            launcher='pytorch',
+            env_cfg=dict(dist_cfg=dict(backend='nccl', timeout=60)),
+        )
+    )
+    try:
+        assert setup_cpu_distributed(cfg, cuda=False) == 'gloo'
+        assert torch.distributed.get_backend() == 'gloo'
+    finally:
+        torch.distributed.destroy_process_group()
+    assert cfg.env_cfg.dist_cfg == dict(backend='gloo', timeout=60)
+    assert cfg.model_wrapper_cfg == dict(
+        type='MMDistributedDataParallel',
+        broadcast_buffers=False,
+        find_unused_parameters=False,
+        device_ids=None,
+    )
+
+
 def test_shards_are_disjoint_and_cover_the_set():
     shards = [shard_indices(10, r, 2) for r in range(2)]
     assert sorted(shards[0] + shards[1]) == list(range(10))
@@ -116,15 +141,15 @@ class _Loader:
 
 
 def _small_shard_worker(rank, port, tmp_path, out):
-    from gpusq_mm.engine.hooks.qat_hook import (
-        _calibration_loader,
-        _check_calibration_set,
+    from gpusq_mm.engine.hooks.calibration_data import (
+        calibration_loader,
+        check_calibration_set,
     )
 
     init_gloo(rank, port)
-    loader = _calibration_loader(_Loader([torch.zeros(2)]))  # 1 sample
+    loader = calibration_loader(_Loader([torch.zeros(2)]))  # 1 sample
     try:
-        _check_calibration_set(loader, 4)
+        check_calibration_set(loader, 4)
         message = None
     except RuntimeError as e:
         message = str(e)

@@ -16,9 +16,12 @@ Runner's life cycle:
 - a resumed checkpoint whose quantizers are already on is never
   recalibrated: ranges, calibration and on/off state are buffers.
 
-Calibration batches come from a fresh iterator over the training
-dataloader (with ``persistent_workers`` this restarts the loader's pass,
-which an iteration-based loop then continues from).
+Calibration batches come from a separate loader over the training
+dataset (:mod:`.calibration_data`): under DDP each rank calibrates on its
+own shard and the ranges are all-reduced; an empty shard is an error.
+
+A non-finite loss while QAT is active stops training before the step can
+be checkpointed (unless the weights stayed finite, e.g. AMP skipped it).
 
 The 2:4 masks stay enforced by ``SparsityHook`` after every step; the
 quantized layers keep their mask buffers and fake-quantize the masked
@@ -38,18 +41,14 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from mmengine.dist import (
-    all_reduce,
-    get_rank,
-    get_world_size,
-    is_main_process,
-)
+from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
 
 from gpusq_mm.registry import HOOKS
-from gpusq_mm.utils.dist import shard_indices
+
+from .calibration_data import calibration_loader, check_calibration_set
 
 __all__ = ['QATHook']
 
@@ -71,57 +70,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _student(model: nn.Module) -> nn.Module:
     model = _unwrap(model)
     return getattr(model, 'architecture', model)
-
-
-def _calibration_loader(train_loader):
-    """A separate, finite loader over this rank's calibration shard.
-
-    Iterating the training loader itself would reset the iterator the
-    training loop holds when workers are persistent, and never ends (or
-    yields nothing) with an InfiniteSampler. The calibration loader shares
-    the dataset, batch size and collate function and loads in the main
-    process. Its order is a permutation seeded with 0; under DDP each rank
-    takes every ``world_size``-th item of it from its rank (the split a
-    ``DistributedSampler`` makes), so ranks calibrate on disjoint batches
-    and the amax all-reduce combines them.
-    """
-    from torch.utils.data import DataLoader, Subset
-
-    dataset = train_loader.dataset
-    indices = shard_indices(len(dataset), get_rank(), get_world_size())
-    batch_size = train_loader.batch_size or getattr(
-        train_loader.batch_sampler, 'batch_size', 1
-    )
-    return DataLoader(
-        Subset(dataset, indices),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=0,
-        collate_fn=train_loader.collate_fn,
-        drop_last=False,
-    )
-
-
-def _check_calibration_set(loader, num_batches: int) -> None:
-    """Refuse an empty calibration shard on any rank (names the dataset).
-
-    Raises:
-        RuntimeError: some rank has no calibration sample.
-    """
-    have = torch.tensor([len(loader.dataset)], dtype=torch.float64)
-    lowest = have.clone()
-    if get_world_size() > 1:
-        all_reduce(lowest, op='min')
-    if lowest.item() > 0:
-        return
-    dataset = loader.dataset.dataset
-    raise RuntimeError(
-        f'QATHook: the calibration set is empty: the training dataset '
-        f'{type(dataset).__name__} has {len(dataset)} samples for '
-        f'{get_world_size()} rank(s), and every rank needs at least one '
-        f'(num_batches={num_batches}); check train_dataloader.dataset '
-        '(data_root, ann_file, filter_cfg)'
-    )
 
 
 @HOOKS.register_module()
@@ -349,8 +297,8 @@ class QATHook(Hook):
         preprocessor = getattr(student, 'data_preprocessor', None)
         if preprocessor is None:
             preprocessor = _unwrap(runner.model).data_preprocessor
-        dataloader = _calibration_loader(runner.train_loop.dataloader)
-        _check_calibration_set(dataloader, self.num_batches)
+        dataloader = calibration_loader(runner.train_loop.dataloader)
+        check_calibration_set(dataloader, self.num_batches)
         total = min(self.num_batches, len(dataloader))
         if total < self.num_batches:
             runner.logger.warning(

@@ -84,6 +84,14 @@ def _broadcast_state(student: nn.Module) -> None:
                 broadcast(tensor.data, src=0)
 
 
+def _source(runner) -> Optional[str]:
+    """The checkpoint the Runner loaded (``load_from`` / ``--resume``)."""
+    path = getattr(runner, '_load_from', None)
+    if path is None and getattr(runner, '_resume', False):
+        return f'(latest in {runner.work_dir})'
+    return path
+
+
 def _ema_students(runner) -> list:
     """The students of averaged model copies (``EMAHook``), if any."""
     found = []
@@ -94,7 +102,9 @@ def _ema_students(runner) -> list:
     return found
 
 
-def check_loaded_masks(student: nn.Module) -> None:
+def check_loaded_masks(
+    student: nn.Module, source: Optional[str] = None
+) -> None:
     """Refuse computed masks that are not 2:4 (a tampered checkpoint).
 
     Raises:
@@ -111,7 +121,8 @@ def check_loaded_masks(student: nn.Module) -> None:
     if bad:
         shown = ', '.join(bad[:5]) + (' ...' if len(bad) > 5 else '')
         raise ValueError(
-            f'the loaded checkpoint holds {len(bad)} 2:4 mask(s) that keep '
+            f'the loaded checkpoint{f" {source!r}" if source else ""} holds '
+            f'{len(bad)} 2:4 mask(s) that keep '
             f'more than 2 of every 4 weights: {shown}; a valid mask keeps at '
             'most 2 per group of 4 input channels. The checkpoint was '
             'altered or is not a gpusq_mm checkpoint; re-run from the dense '
@@ -235,7 +246,7 @@ class SparsityHook(Hook):
         student = get_student(runner.model)
         if not has_masks(student):  # e.g. before_run was skipped
             attach_masks(student, cfg=self.cfg)
-        check_loaded_masks(student)  # computed masks must be 2:4
+        check_loaded_masks(student, _source(runner))  # computed: 2:4
         layers = masked_layers(student)
         missing = [
             n for n, m in layers.items() if not bool(m._buffers[FLAG_NAME])
@@ -279,7 +290,7 @@ class SparsityHook(Hook):
 
     def before_test(self, runner) -> None:
         """Refuse a tested checkpoint whose masks are not 2:4."""
-        check_loaded_masks(get_student(runner.model))
+        check_loaded_masks(get_student(runner.model), _source(runner))
 
     def after_train_iter(
         self, runner, batch_idx: int, data_batch=None, outputs=None
