@@ -56,7 +56,14 @@ def _check_2to4(name: str, ints: np.ndarray, op: str) -> bool:
     return bool(((w != 0).sum(1) <= 2).all())
 
 
-@pytest.mark.parametrize('task', ['cls', 'seg', 'det'])
+@pytest.mark.parametrize(
+    'task',
+    [
+        'cls',
+        pytest.param('seg', marks=pytest.mark.slow),
+        pytest.param('det', marks=pytest.mark.slow),
+    ],
+)
 def test_qat_student_exports_qdq_int8(tmp_path, task):
     model, res, graph = _export(tmp_path, task)
     assert res['mode'] == 'int8' and res['passed'], res['failure']
@@ -235,3 +242,23 @@ def test_activation_bits_other_than_8_are_refused(tmp_path):
     with pytest.raises(ValueError, match='6-bit activations cannot'):
         _export(tmp_path, 'cls', cfg_options=opts, load_options=opts)
     assert torch.__version__  # torch imported for the helpers
+
+
+def test_export_and_measure_for_the_demo(tmp_path):
+    from gpusq_mm.deploy import export_and_measure
+
+    ckpt = str(tmp_path / 'cls.pth')
+    make_student('cls', ckpt, stage=2)
+    res = export_and_measure(
+        CONFIGS['cls'], ckpt, str(tmp_path), shape=SHAPE, runs=2, log=_quiet
+    )
+    assert res['mode'] == 'int8' and res['cosine'] > 0.999
+    assert res['fp32_file_mb'] == pytest.approx(
+        osp.getsize(tmp_path / 'fp32.onnx') / 2**20
+    )
+    assert res['file_mb'] == pytest.approx(
+        osp.getsize(tmp_path / 'quant.onnx') / 2**20
+    )
+    assert res['size_ratio'] < 0.4  # int8 weights, FP32 norms / embedding
+    assert res['ort_latency_ms'] > 0 and res['fp32_ort_latency_ms'] > 0
+    assert res['fused_ops'].get('MatMulIntegerToFloat', 0) > 0
