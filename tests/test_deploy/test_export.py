@@ -257,3 +257,17 @@ def test_export_and_measure_for_the_demo(tmp_path):
     assert res['size_ratio'] < 0.4  # int8 weights, FP32 norms / embedding
     assert res['ort_latency_ms'] > 0 and res['fp32_ort_latency_ms'] > 0
     assert res['fused_ops'].get('MatMulIntegerToFloat', 0) > 0
+
+
+def test_attention_quantizers_export_as_qdq(tmp_path):
+    opts = {'model.quantization.quantize_attention': True}
+    model, res, graph = _export(
+        tmp_path, 'cls', cfg_options=opts, load_options=opts
+    )
+    assert res['passed'] and res['parity'][0]['cosine'] > 0.9999
+    n_attn = sum(1 for n, _ in model.named_modules() if n.endswith('w_msa'))
+    q_nodes = [n for n in graph.graph.node if n.op_type == 'QuantizeLinear']
+    # one per quantized layer input, plus q, k, v and the softmax output
+    # of every window attention
+    assert len(q_nodes) == len(res['quantized_layers']) + 4 * n_attn
+    assert n_attn > 0
