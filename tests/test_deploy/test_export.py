@@ -196,7 +196,7 @@ def test_int4_student(tmp_path):
 
 def test_errors_name_the_problem(tmp_path):
     ckpt = str(tmp_path / 'det.pth')
-    make_student('det', ckpt, stage=2)
+    make_student('det', ckpt, stage=0)
     with pytest.raises(ValueError, match='full export of detectors'):
         export_and_verify(
             CONFIGS['det'],
@@ -213,6 +213,7 @@ def test_errors_name_the_problem(tmp_path):
         load_student(CONFIGS['cls'], str(tmp_path / 'missing.pth'))
 
 
+@pytest.mark.slow
 def test_tool_exit_status_and_progress(tmp_path, capsys):
     import importlib.util
 
