@@ -18,7 +18,13 @@ import torch
 from .export import ExportError, export_onnx
 from .loading import load_student
 from .parts import PartModule, make_input
-from .verify import fused_ops, ort_latency_ms, parity, run_onnx
+from .verify import (
+    FUSED_OPS,
+    fused_ops,
+    ort_latency_ms,
+    parity,
+    run_onnx,
+)
 
 __all__ = ['ExportError', 'export_and_measure', 'export_and_verify']
 
@@ -129,7 +135,7 @@ def export_and_verify(
             f'kept at {out} for inspection'
         )
     )
-    integer_ops = {k: v for k, v in fused.items() if k in _integer_ops()}
+    integer_ops = {k: v for k, v in fused.items() if k in FUSED_OPS}
     log(
         f'[verify] onnxruntime vs PyTorch on a generated {tuple(shape)} '
         f'input: max abs err {max_abs:.4g}, cosine {worst:.6f} '
@@ -140,12 +146,6 @@ def export_and_verify(
     )
     log(f'[run] {result["command"]}')
     return result
-
-
-def _integer_ops():
-    from .verify import FUSED_OPS
-
-    return FUSED_OPS
 
 
 def export_and_measure(

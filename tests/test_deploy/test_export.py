@@ -274,6 +274,24 @@ def test_export_and_measure_for_the_demo(tmp_path):
     assert res['size_ratio'] < 0.4  # int8 weights, FP32 norms / embedding
     assert res['ort_latency_ms'] > 0 and res['fp32_ort_latency_ms'] > 0
     assert res['fused_ops'].get('MatMulIntegerToFloat', 0) > 0
+    # its default activation type: uint8, zero point 128 (the int8 grid)
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(tmp_path / 'quant.onnx')).graph
+    values = {i.name: i for i in graph.initializer}
+    values.update(
+        {
+            n.output[0]: n.attribute[0].t
+            for n in graph.node
+            if n.op_type == 'Constant'
+        }
+    )
+    zps = [
+        numpy_helper.to_array(values[n.input[2]])
+        for n in graph.node
+        if n.op_type == 'QuantizeLinear'
+    ]
+    assert zps and all(z.dtype == np.uint8 and z == 128 for z in zps)
 
 
 def test_attention_quantizers_export_as_qdq(tmp_path):
