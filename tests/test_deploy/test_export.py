@@ -306,3 +306,29 @@ def test_attention_quantizers_export_as_qdq(tmp_path):
     # of every window attention
     assert len(q_nodes) == len(res['quantized_layers']) + 4 * n_attn
     assert n_attn > 0
+
+
+@pytest.mark.slow
+def test_eval_onnx_on_the_generated_val_set(tmp_path, cls_cfg_options):
+    from .test_report_trt import _tool
+
+    ckpt = str(tmp_path / 'cls.pth')
+    make_student('cls', ckpt, stage=2)
+    out = str(tmp_path / 'cls.onnx')
+    export_and_verify(CONFIGS['cls'], ckpt, out, shape=SHAPE, log=_quiet)
+    tool = _tool('deploy', 'eval_onnx.py')
+    res = tool.main(
+        [CONFIGS['cls'], ckpt, out, '--cfg-options'] + cls_cfg_options
+    )
+    assert res['images'] == 12  # the generated val split
+    assert res['agreement'] == 1.0
+    assert res['onnx'] == res['torch']
+    # a graph of another input shape is refused with the shape to use
+    other = str(tmp_path / 'cls96.onnx')
+    export_and_verify(
+        CONFIGS['cls'], ckpt, other, shape=(1, 3, 96, 96), log=_quiet
+    )
+    with pytest.raises(SystemExit):
+        tool.main(
+            [CONFIGS['cls'], ckpt, other, '--cfg-options'] + cls_cfg_options
+        )

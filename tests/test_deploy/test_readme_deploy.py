@@ -3,8 +3,9 @@
 The commands are read from the README's ``## Deploy`` bash block and run
 in a scratch folder holding ``configs/`` and ``tools/`` (links to the
 repository) and the demo's ``work_dirs/demo/cls/gpusq/student_final.pth``
-(a tiny QAT student made without training). Only ``python`` is replaced by
-this interpreter.
+(a tiny QAT student made without training) and the demo's class-folder
+data in ``data/gpusq_demo/cls`` (generated, small). Only ``python`` is
+replaced by this interpreter.
 """
 
 import os
@@ -16,6 +17,7 @@ import sys
 
 import pytest
 
+from gpusq_mm.datasets import generate_task
 from gpusq_mm.deploy.trt import tensorrt_unavailable
 
 from .helpers import REPO_ROOT, make_student
@@ -40,9 +42,10 @@ def test_readme_deploy_commands(tmp_path):
     ckpt = tmp_path / 'work_dirs/demo/cls/gpusq/student_final.pth'
     ckpt.parent.mkdir(parents=True)
     make_student('cls', str(ckpt), stage=2)
+    generate_task('cls', str(tmp_path / 'data/gpusq_demo'), 6, 12, seed=0)
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     commands = readme_commands()
-    assert len(commands) == 3
+    assert len(commands) == 4
     for cmd in commands:
         argv = shlex.split(cmd)
         assert argv[0] == 'python'
