@@ -10,7 +10,10 @@ exports it, checks it in onnxruntime and measures it.
 - :func:`export_and_verify`: config + checkpoint -> ``.onnx``, parity
   against the PyTorch fake-quant forward (``tools/deploy/export_onnx.py``);
 - :func:`export_and_measure`: FP32 vs quantized file size and onnxruntime
-  latency of one checkpoint (for the demo's results).
+  latency of one checkpoint (for the demo's results);
+- :func:`~gpusq_mm.deploy.evaluate.evaluate_classifier`: the export's
+  metric on the config's test set next to PyTorch's
+  (``tools/deploy/eval_onnx.py``).
 """
 
 from .api import ExportError, export_and_measure, export_and_verify

@@ -25,7 +25,7 @@ import io
 import os
 import os.path as osp
 import warnings
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import onnx
 import torch
@@ -202,8 +202,3 @@ def export_onnx(
         outputs=[o.name for o in graph.graph.output],
         activation_dtype=act_dtype if quantized else None,
     )
-
-
-def output_names(num: int) -> Sequence[str]:
-    """Graph output names for ``num`` outputs."""
-    return ['output'] if num == 1 else [f'output{i}' for i in range(num)]

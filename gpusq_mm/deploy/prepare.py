@@ -10,7 +10,8 @@ export, :func:`prepare_export_copy` deep-copies the student and:
   so the traced FP32 graph holds the fake-quantized weight;
 - gives Linear layers a ``MatMul`` forward on a pre-transposed ``[in,
   out]`` weight (the exporter would otherwise fold a Transpose into a new,
-  anonymous initializer) and a rank-3 bias (see :func:`_matmul_forward`);
+  anonymous initializer) and, with integer weights, a rank-3 bias (see
+  :func:`_matmul_forward`);
   Conv layers keep their own forward;
 - makes every enabled activation quantizer (layer inputs, and the
   attention operands when ``quantize_attention`` is on) a
@@ -103,10 +104,12 @@ def _matmul_forward(self, x: torch.Tensor) -> torch.Tensor:
     y = torch.matmul(x, self.weight)
     if self.bias is None:
         return y
-    # a rank-3+ bias: onnxruntime's MatMulAddFusion would otherwise turn
-    # MatMul + Add into an FP32 Gemm before its QDQ fusion can make the
-    # MatMul an integer MatMulIntegerToFloat (same values either way)
-    if y.dim() < 3:
+    # integer weights get a rank-3+ bias: onnxruntime's MatMulAddFusion
+    # would otherwise turn MatMul + Add into an FP32 Gemm before its QDQ
+    # fusion can make the MatMul an integer MatMulIntegerToFloat (same
+    # values either way); FP32 weights keep the plain bias, which that
+    # fusion speeds up
+    if y.dim() < 3 or not self.__dict__.get('_export_int', False):
         return y + self.bias
     return y + self.bias.view([1] * (y.dim() - 1) + [-1])
 
@@ -179,6 +182,7 @@ def prepare_export_copy(
                 ints = None if ints is None else ints.t()
                 value = value.t()
                 module.forward = types.MethodType(_matmul_forward, module)
+                module.__dict__['_export_int'] = ints is not None
             module.weight = nn.Parameter(value.contiguous(), False)
             if ints is not None:
                 weights.append(

@@ -36,24 +36,22 @@ def tensorrt_unavailable() -> Optional[str]:
     return None
 
 
-class _Log:
-    """A TensorRT logger that keeps the messages mentioning sparsity."""
+def _make_logger():
+    """A TensorRT logger that keeps the messages about sparse kernels."""
+    import tensorrt as trt
 
-    def __new__(cls):
-        import tensorrt as trt
+    class SparseLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.sparse: List[str] = []
 
-        class Logger(trt.ILogger):
-            def __init__(self):
-                trt.ILogger.__init__(self)
-                self.sparse: List[str] = []
+        def log(self, severity, msg):
+            if 'sparse' in msg.lower():
+                self.sparse.append(msg)
+            elif severity <= trt.ILogger.Severity.WARNING:
+                print(f'[tensorrt] {msg}')
 
-            def log(self, severity, msg):
-                if 'parse' in msg.lower() and 'sparse' in msg.lower():
-                    self.sparse.append(msg)
-                elif severity <= trt.ILogger.Severity.WARNING:
-                    print(f'[tensorrt] {msg}')
-
-        return Logger()
+    return SparseLogger()
 
 
 def build_engine(
@@ -75,8 +73,7 @@ def build_engine(
     """
     import tensorrt as trt
 
-    logger = _Log()
-    logger.min_severity = trt.ILogger.Severity.VERBOSE
+    logger = _make_logger()
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -107,6 +104,7 @@ def build_engine(
 
 def time_engine(engine: bytes, runs: int = 100, warmup: int = 10) -> float:
     """Median latency (ms) of one inference of a serialized engine."""
+    import numpy as np
     import tensorrt as trt
     import torch
 
@@ -118,11 +116,8 @@ def time_engine(engine: bytes, runs: int = 100, warmup: int = 10) -> float:
     for i in range(eng.num_io_tensors):
         name = eng.get_tensor_name(i)
         shape = tuple(eng.get_tensor_shape(name))
-        dtype = torch.from_numpy(
-            __import__('numpy').empty(
-                0, trt.nptype(eng.get_tensor_dtype(name))
-            )
-        ).dtype
+        np_dtype = trt.nptype(eng.get_tensor_dtype(name))
+        dtype = torch.from_numpy(np.empty(0, np_dtype)).dtype
         t = torch.zeros(shape, dtype=dtype, device='cuda')
         ctx.set_tensor_address(name, t.data_ptr())
         tensors.append(t)

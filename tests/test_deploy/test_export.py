@@ -56,7 +56,14 @@ def _check_2to4(name: str, ints: np.ndarray, op: str) -> bool:
     return bool(((w != 0).sum(1) <= 2).all())
 
 
-@pytest.mark.parametrize('task', ['cls', 'seg', 'det'])
+@pytest.mark.parametrize(
+    'task',
+    [
+        'cls',
+        pytest.param('seg', marks=pytest.mark.slow),
+        pytest.param('det', marks=pytest.mark.slow),
+    ],
+)
 def test_qat_student_exports_qdq_int8(tmp_path, task):
     model, res, graph = _export(tmp_path, task)
     assert res['mode'] == 'int8' and res['passed'], res['failure']
@@ -99,6 +106,14 @@ def test_qat_student_exports_qdq_int8(tmp_path, task):
         if name in masked:
             assert _check_2to4(name, values, ops[name]), name
             assert (values == 0).mean() >= 0.5
+    if task == 'cls':  # Swin: every quantized Linear runs as an integer
+        # kernel after onnxruntime's graph optimization
+        fused = res['fused_ops']
+        n_int = fused.get('MatMulIntegerToFloat', 0) + fused.get(
+            'QLinearMatMul', 0
+        )
+        linears = [n for n, op in ops.items() if op == 'MatMul']
+        assert n_int == len(linears) > 0, fused
     # activations: QuantizeLinear -> DequantizeLinear pairs, int8
     q_nodes = [n for n in graph.graph.node if n.op_type == 'QuantizeLinear']
     assert q_nodes
@@ -113,39 +128,42 @@ def test_qat_student_exports_qdq_int8(tmp_path, task):
     assert tensor.data_type == onnx.TensorProto.INT8
 
 
-def test_classifier_fuses_integer_matmuls(tmp_path):
-    model, res, _ = _export(tmp_path, 'cls')
-    linears = [
-        n for n, op in res['quantized_layers'].items() if op == 'MatMul'
-    ]
-    fused = res['fused_ops']
-    n_int = fused.get('MatMulIntegerToFloat', 0) + fused.get(
-        'QLinearMatMul', 0
-    )
-    # every quantized Linear runs as an integer kernel in onnxruntime
-    assert n_int == len(linears) > 0, fused
+def test_sparse_student_exports_fp32(tmp_path):
+    from onnx import numpy_helper
 
-
-@pytest.mark.parametrize('stage', [0, 1])
-def test_dense_and_sparse_students_export_fp32(tmp_path, stage):
-    model, res, graph = _export(tmp_path, 'cls', stage=stage)
+    model, res, graph = _export(tmp_path, 'cls', stage=1)
     assert res['mode'] == 'fp32' and res['passed']
     assert res['parity'][0]['cosine'] > 0.99999
     assert not integer_initializers(graph)
     assert not [n for n in graph.graph.node if 'Quantize' in n.op_type]
-    if stage == 1:  # the 2:4 zeros are in the FP32 weights
-        from onnx import numpy_helper
+    # the 2:4 weights are FP32 initializers with their zeros
+    inits = {i.name: i for i in graph.graph.initializer}
+    masked = [
+        n
+        for n, m in model.named_modules()
+        if bool(m._buffers.get('sparsity_mask_computed', False))
+    ]
+    assert masked
+    for name in masked:
+        w = numpy_helper.to_array(inits[f'model.{name}.weight'])
+        assert w.dtype == np.float32 and (w == 0).mean() >= 0.5, name
 
-        name = next(
-            n for n, m in model.named_modules() if n.endswith('ffn.layers.1')
+
+def test_plain_dense_checkpoint_into_a_gpusq_config(
+    tmp_path, dense_checkpoint
+):
+    # the dense teacher's own checkpoint (no mask / quantizer buffers)
+    dense_cfg = CONFIGS['cls'].replace('_gpusq.py', '_dense.py')
+    _, ckpt = dense_checkpoint(dense_cfg, str(tmp_path / 'dense.pth'))
+    for config in (CONFIGS['cls'], dense_cfg):
+        res = export_and_verify(
+            config,
+            ckpt,
+            str(tmp_path / 'dense.onnx'),
+            shape=SHAPE,
+            log=_quiet,
         )
-        del name  # Linear weights are folded into anonymous MatMul inputs
-        zeros = [
-            (numpy_helper.to_array(i) == 0).mean()
-            for i in graph.graph.initializer
-            if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
-        ]
-        assert max(zeros) >= 0.5
+        assert res['mode'] == 'fp32' and res['passed']
 
 
 def test_int4_student(tmp_path):
@@ -178,7 +196,7 @@ def test_int4_student(tmp_path):
 
 def test_errors_name_the_problem(tmp_path):
     ckpt = str(tmp_path / 'det.pth')
-    make_student('det', ckpt, stage=2)
+    make_student('det', ckpt, stage=0)
     with pytest.raises(ValueError, match='full export of detectors'):
         export_and_verify(
             CONFIGS['det'],
@@ -195,6 +213,7 @@ def test_errors_name_the_problem(tmp_path):
         load_student(CONFIGS['cls'], str(tmp_path / 'missing.pth'))
 
 
+@pytest.mark.slow
 def test_tool_exit_status_and_progress(tmp_path, capsys):
     import importlib.util
 
@@ -235,3 +254,81 @@ def test_activation_bits_other_than_8_are_refused(tmp_path):
     with pytest.raises(ValueError, match='6-bit activations cannot'):
         _export(tmp_path, 'cls', cfg_options=opts, load_options=opts)
     assert torch.__version__  # torch imported for the helpers
+
+
+def test_export_and_measure_for_the_demo(tmp_path):
+    from gpusq_mm.deploy import export_and_measure
+
+    ckpt = str(tmp_path / 'cls.pth')
+    make_student('cls', ckpt, stage=2)
+    res = export_and_measure(
+        CONFIGS['cls'], ckpt, str(tmp_path), shape=SHAPE, runs=2, log=_quiet
+    )
+    assert res['mode'] == 'int8' and res['cosine'] > 0.999
+    assert res['fp32_file_mb'] == pytest.approx(
+        osp.getsize(tmp_path / 'fp32.onnx') / 2**20
+    )
+    assert res['file_mb'] == pytest.approx(
+        osp.getsize(tmp_path / 'quant.onnx') / 2**20
+    )
+    assert res['size_ratio'] < 0.4  # int8 weights, FP32 norms / embedding
+    assert res['ort_latency_ms'] > 0 and res['fp32_ort_latency_ms'] > 0
+    assert res['fused_ops'].get('MatMulIntegerToFloat', 0) > 0
+    # its default activation type: uint8, zero point 128 (the int8 grid)
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(tmp_path / 'quant.onnx')).graph
+    values = {i.name: i for i in graph.initializer}
+    values.update(
+        {
+            n.output[0]: n.attribute[0].t
+            for n in graph.node
+            if n.op_type == 'Constant'
+        }
+    )
+    zps = [
+        numpy_helper.to_array(values[n.input[2]])
+        for n in graph.node
+        if n.op_type == 'QuantizeLinear'
+    ]
+    assert zps and all(z.dtype == np.uint8 and z == 128 for z in zps)
+
+
+def test_attention_quantizers_export_as_qdq(tmp_path):
+    opts = {'model.quantization.quantize_attention': True}
+    model, res, graph = _export(
+        tmp_path, 'cls', cfg_options=opts, load_options=opts
+    )
+    assert res['passed'] and res['parity'][0]['cosine'] > 0.9999
+    n_attn = sum(1 for n, _ in model.named_modules() if n.endswith('w_msa'))
+    q_nodes = [n for n in graph.graph.node if n.op_type == 'QuantizeLinear']
+    # one per quantized layer input, plus q, k, v and the softmax output
+    # of every window attention
+    assert len(q_nodes) == len(res['quantized_layers']) + 4 * n_attn
+    assert n_attn > 0
+
+
+@pytest.mark.slow
+def test_eval_onnx_on_the_generated_val_set(tmp_path, cls_cfg_options):
+    from .test_report_trt import _tool
+
+    ckpt = str(tmp_path / 'cls.pth')
+    make_student('cls', ckpt, stage=2)
+    out = str(tmp_path / 'cls.onnx')
+    export_and_verify(CONFIGS['cls'], ckpt, out, shape=SHAPE, log=_quiet)
+    tool = _tool('deploy', 'eval_onnx.py')
+    res = tool.main(
+        [CONFIGS['cls'], ckpt, out, '--cfg-options'] + cls_cfg_options
+    )
+    assert res['images'] == 12  # the generated val split
+    assert res['agreement'] == 1.0
+    assert res['onnx'] == res['torch']
+    # a graph of another input shape is refused with the shape to use
+    other = str(tmp_path / 'cls96.onnx')
+    export_and_verify(
+        CONFIGS['cls'], ckpt, other, shape=(1, 3, 96, 96), log=_quiet
+    )
+    with pytest.raises(SystemExit):
+        tool.main(
+            [CONFIGS['cls'], ckpt, other, '--cfg-options'] + cls_cfg_options
+        )

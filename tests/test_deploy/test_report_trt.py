@@ -91,6 +91,7 @@ def test_report_counts_equal_a_hand_count():
     assert layer_rows(model)[0]['name'] == 'backbone.conv'
 
 
+@pytest.mark.slow
 def test_report_tool_on_a_demo_student(tmp_path):
     # a full training checkpoint's layout: student under architecture.,
     # stage, feature-KD statistics and the QAT teacher snapshot

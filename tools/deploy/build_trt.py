@@ -14,6 +14,11 @@ model, ``export_onnx.py --fp32``) the latency of its dense FP16 engine.
 import argparse
 import os.path as osp
 import sys
+import warnings
+
+# the no-GPU answer is one line: keep import-time deprecation notices of
+# the stack out of it
+warnings.simplefilter('ignore', FutureWarning)
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if REPO_ROOT not in sys.path:
