@@ -39,10 +39,11 @@ import torch
 import torch.nn as nn
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
 
 from gpusq_mm.registry import HOOKS
+
+from .model_access import get_student, unwrap
 
 __all__ = ['QATHook']
 
@@ -60,13 +61,8 @@ def _quantization():
     return quantization
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model
-
-
-def _student(model: nn.Module) -> nn.Module:
-    model = _unwrap(model)
-    return getattr(model, 'architecture', model)
+_unwrap = unwrap
+_student = get_student
 
 
 def _calibration_loader(train_loader):

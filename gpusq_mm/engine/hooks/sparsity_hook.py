@@ -24,7 +24,6 @@ import torch
 import torch.nn as nn
 from mmengine.dist import broadcast, get_rank, get_world_size
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from gpusq_mm.registry import HOOKS
 from gpusq_mm.sparsity import (
@@ -42,14 +41,9 @@ from gpusq_mm.sparsity import (
     select_layers,
 )
 
+from .model_access import get_student
+
 __all__ = ['SparsityHook', 'get_student']
-
-
-def get_student(model: nn.Module) -> nn.Module:
-    """The module to prune: unwrapped, ``architecture`` of an algorithm."""
-    if is_model_wrapper(model):
-        model = model.module
-    return getattr(model, 'architecture', model)
 
 
 def _broadcast_masks(student: nn.Module) -> None:
