@@ -41,7 +41,7 @@ from gpusq_mm.sparsity import (
     select_layers,
 )
 
-from .model_access import get_student
+from .model_access import get_student, unwrap
 
 __all__ = ['SparsityHook', 'get_student']
 
@@ -152,6 +152,16 @@ class SparsityHook(Hook):
     def before_run(self, runner) -> None:
         """Attach placeholder masks before any checkpoint is loaded."""
         student = get_student(runner.model)
+        options = getattr(unwrap(runner.model), 'sparsity_options', {})
+        asked = {k: v for k, v in options.items() if v} if options else {}
+        if asked and (self.permute, self.mask_grad) != (
+            bool(options['permute']),
+            bool(options['mask_grad']),
+        ):
+            raise ValueError(
+                f'SparsityHook: model.sparsity sets {asked}, which this hook '
+                'would ignore; use gpusq_mm.GPUSQHook (it reads them)'
+            )
         if has_masks(student) and self.cfg != SparsityConfig():
             raise ValueError(
                 f'SparsityHook: the layer selection {self.cfg} would be '
