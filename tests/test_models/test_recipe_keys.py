@@ -60,11 +60,11 @@ def test_sparsity_and_quantization_presets_and_keys():
 
 
 def test_teacher_keys_are_checked():
-    from gpusq_mm.models.gpusq import _teacher_settings
+    from gpusq_mm.models.teacher import teacher_settings
 
     with pytest.raises(KeyError, match=r"\['ckpt'\].*checkpoint, config"):
-        _teacher_settings(dict(ckpt='x.pth'), {})
-    assert _teacher_settings(dict(checkpoint='x.pth'), {}) == dict(
+        teacher_settings(dict(ckpt='x.pth'))
+    assert teacher_settings(dict(checkpoint='x.pth')) == dict(
         config=None, checkpoint='x.pth', strict=True
     )
 
