@@ -39,11 +39,19 @@ from .feature_kd import FeatureDistiller
 from .student import (
     apply_compression,
     disable_quantizers,
+    drop_pretrained,
     resolve_sparsity,
     sparsity_options,
     student_checkpoint,
 )
-from .teacher import InputAdapter, build_teacher, freeze
+from .teacher import (
+    InputAdapter,
+    build_teacher,
+    check_same_parameters,
+    freeze,
+    own_config,
+    teacher_settings,
+)
 
 __all__ = ['GPUSQ']
 
@@ -125,7 +133,7 @@ class GPUSQ(BaseModel):
         assert init_student in ('teacher', 'none'), (
             f"init_student must be 'teacher' or 'none', got {init_student!r}"
         )
-        teacher = _teacher_settings(teacher, architecture)
+        teacher = teacher_settings(teacher)
         if isinstance(architecture, nn.Module):
             student = architecture
         else:
@@ -135,9 +143,9 @@ class GPUSQ(BaseModel):
             ):
                 architecture['data_preprocessor'] = data_preprocessor
             if teacher is not None and teacher['config'] is None:
-                teacher['config'] = _own_config(architecture)
+                teacher['config'] = own_config(architecture)
             if teacher is not None and init_student == 'teacher':
-                _drop_pretrained(architecture)
+                drop_pretrained(architecture)
             student = MODELS.build(architecture)
         adapter_cls = adapter_class_for(student)  # fail early, by name
         own = getattr(student, 'data_preprocessor', None)
@@ -214,7 +222,7 @@ class GPUSQ(BaseModel):
             levels=feats['levels'],
         )
         if self.init_student == 'teacher' and not feats['connectors']:
-            _check_same_parameters(self.architecture, teacher)
+            check_same_parameters(self.architecture, teacher)
         if self.distill_cfg['hard_targets'] == 'teacher':
             self.adapter.check_label_free(
                 self.distill_cfg['teacher_score_thr']
@@ -485,79 +493,6 @@ class GPUSQ(BaseModel):
     def compressed_layers(self) -> Dict[str, List[str]]:
         """Names of the student's 2:4 and quantized layers."""
         return dict(sparse=self.sparse_layers, quant=self.quant_layers)
-
-
-def _teacher_settings(teacher, architecture) -> Optional[dict]:
-    """Check ``GPUSQ.teacher``'s keys; fill ``config`` / ``strict``."""
-    if teacher is None:
-        return None
-    if not isinstance(teacher, dict):
-        raise TypeError(
-            f'teacher must be dict(checkpoint=..., config=None, strict=True) '
-            f'or None, got {teacher!r}'
-        )
-    unknown = sorted(set(teacher) - {'config', 'checkpoint', 'strict'})
-    if unknown:
-        raise KeyError(
-            f'unknown teacher key(s) {unknown}; accepted: checkpoint, '
-            'config, strict'
-        )
-    return dict(
-        config=teacher.get('config'),
-        checkpoint=teacher.get('checkpoint'),
-        strict=teacher.get('strict', True),
-    )
-
-
-def _own_config(architecture: dict) -> dict:
-    """The teacher config that repeats the student's architecture."""
-    from mmengine.registry import DefaultScope
-
-    cfg = copy.deepcopy(dict(architecture))
-    scope = DefaultScope.get_current_instance()
-    if scope is not None:
-        cfg['default_scope'] = scope.scope_name
-    return cfg
-
-
-def _is_pretrained(init_cfg) -> bool:
-    if isinstance(init_cfg, (list, tuple)):
-        return any(_is_pretrained(c) for c in init_cfg)
-    return isinstance(init_cfg, dict) and 'Pretrained' in str(
-        init_cfg.get('type', '')
-    )
-
-
-def _drop_pretrained(architecture: dict) -> None:
-    """Skip the student's own pretrained init (the teacher's weights
-    replace it): ``pretrained`` and Pretrained ``init_cfg`` of the model and
-    its direct sub-configs (backbone, neck, heads)."""
-    for node in [architecture] + [
-        v for v in architecture.values() if isinstance(v, dict)
-    ]:
-        if node.get('pretrained') is not None:
-            node['pretrained'] = None
-        if _is_pretrained(node.get('init_cfg')):
-            node['init_cfg'] = None
-
-
-def _check_same_parameters(student: nn.Module, teacher: nn.Module) -> None:
-    """A student started from the teacher must have its parameters."""
-    t_state = teacher.state_dict()
-    diff = [
-        n
-        for n, p in student.named_parameters()
-        if n not in t_state or t_state[n].shape != p.shape
-    ]
-    if diff:
-        shown = ', '.join(diff[:5]) + (' ...' if len(diff) > 5 else '')
-        raise ValueError(
-            f'teacher and student architectures differ ({len(diff)} student '
-            f'parameter(s) missing or of another shape in the teacher: '
-            f'{shown}); the student cannot start from the teacher. Set '
-            "init_student='none' (and load_from=STUDENT.pth), or bridge "
-            'the features with distill.features.connectors'
-        )
 
 
 def _scale(value, weight: float):

@@ -20,6 +20,7 @@ __all__ = [
     'SPARSITY_PRESETS',
     'apply_compression',
     'disable_quantizers',
+    'drop_pretrained',
     'resolve_quantization',
     'resolve_sparsity',
     'sparsity_options',
@@ -173,3 +174,24 @@ def student_checkpoint(
     atomic_torch_save(
         {'meta': dict(meta or {}), 'state_dict': state}, filepath
     )
+
+
+def _is_pretrained(init_cfg) -> bool:
+    if isinstance(init_cfg, (list, tuple)):
+        return any(_is_pretrained(c) for c in init_cfg)
+    return isinstance(init_cfg, dict) and 'Pretrained' in str(
+        init_cfg.get('type', '')
+    )
+
+
+def drop_pretrained(architecture: dict) -> None:
+    """Skip the student's own pretrained init (the teacher's weights
+    replace it): ``pretrained`` and Pretrained ``init_cfg`` of the model and
+    its direct sub-configs (backbone, neck, heads)."""
+    for node in [architecture] + [
+        v for v in architecture.values() if isinstance(v, dict)
+    ]:
+        if node.get('pretrained') is not None:
+            node['pretrained'] = None
+        if _is_pretrained(node.get('init_cfg')):
+            node['init_cfg'] = None

@@ -13,6 +13,7 @@ teacher's normalization of the same raw (augmented, padded) batch, without
 running random batch augmentations twice.
 """
 
+import copy
 import os.path as osp
 import pickle
 from typing import Optional, Tuple, Union
@@ -26,9 +27,12 @@ from mmengine.registry import DefaultScope
 __all__ = [
     'InputAdapter',
     'build_teacher',
+    'check_same_parameters',
     'freeze',
     'load_teacher_config',
     'normalization_of',
+    'own_config',
+    'teacher_settings',
 ]
 
 
@@ -211,3 +215,55 @@ class InputAdapter:
         if self.t_mean is not None:
             x = (x - self.t_mean.to(x)) / self.t_std.to(x)
         return x.to(inputs.dtype)
+
+
+def teacher_settings(teacher: Optional[dict]) -> Optional[dict]:
+    """Check ``GPUSQ.teacher``'s keys; fill ``config`` / ``strict``."""
+    if teacher is None:
+        return None
+    if not isinstance(teacher, dict):
+        raise TypeError(
+            f'teacher must be dict(checkpoint=..., config=None, strict=True) '
+            f'or None, got {teacher!r}'
+        )
+    unknown = sorted(set(teacher) - {'config', 'checkpoint', 'strict'})
+    if unknown:
+        raise KeyError(
+            f'unknown teacher key(s) {unknown}; accepted: checkpoint, '
+            'config, strict'
+        )
+    return dict(
+        config=teacher.get('config'),
+        checkpoint=teacher.get('checkpoint'),
+        strict=teacher.get('strict', True),
+    )
+
+
+def own_config(architecture: dict) -> dict:
+    """The teacher config that repeats the student's architecture."""
+    from mmengine.registry import DefaultScope
+
+    cfg = copy.deepcopy(dict(architecture))
+    scope = DefaultScope.get_current_instance()
+    if scope is not None:
+        cfg['default_scope'] = scope.scope_name
+    return cfg
+
+
+def check_same_parameters(student: nn.Module, teacher: nn.Module) -> None:
+    """A student started from the teacher must have its parameters."""
+    t_state = teacher.state_dict()
+    diff = [
+        n
+        for n, p in student.named_parameters()
+        if n not in t_state or t_state[n].shape != p.shape
+    ]
+    if diff:
+        shown = ', '.join(diff[:5]) + (' ...' if len(diff) > 5 else '')
+        raise ValueError(
+            f'teacher and student architectures differ ({len(diff)} student '
+            f'parameter(s) missing or of another shape in the teacher: '
+            f'{shown}); the student cannot start from the teacher. Set '
+            "init_student='none' (and load_from=STUDENT.pth), or bridge "
+            'the features with distill.features.connectors'
+        )

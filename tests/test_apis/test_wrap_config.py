@@ -90,3 +90,8 @@ def test_test_time_build_needs_no_teacher_file(tmp_path):
     cfg = strip_teacher(wrap_config(up, str(tmp_path / 'absent.pth')))
     model = _build(cfg)
     assert model.dense_teacher is None and model.quant_layers
+    # a full training checkpoint of the QAT stage loads: its QAT-teacher
+    # snapshot is training state, not part of the evaluated student
+    state = model.state_dict()
+    state['qat_teacher.head.fc.weight'] = torch.zeros(1)
+    model.load_state_dict(state, strict=True)

@@ -90,6 +90,8 @@ def gpusq_cfg(
         architecture=cfg.model,
         teacher=dict(config=teacher_cfg, checkpoint=ckpt),
         distill=distill,
+        sparsity=None,  # KD only (the recipe's default is 2:4 + INT8)
+        quantization=None,
     )
     cfg.work_dir = work_dir
     cfg.train_cfg = dict(

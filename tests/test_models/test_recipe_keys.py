@@ -60,10 +60,36 @@ def test_sparsity_and_quantization_presets_and_keys():
 
 
 def test_teacher_keys_are_checked():
-    from gpusq_mm.models.gpusq import _teacher_settings
+    from gpusq_mm.models.teacher import teacher_settings
 
     with pytest.raises(KeyError, match=r"\['ckpt'\].*checkpoint, config"):
-        _teacher_settings(dict(ckpt='x.pth'), {})
-    assert _teacher_settings(dict(checkpoint='x.pth'), {}) == dict(
+        teacher_settings(dict(ckpt='x.pth'))
+    assert teacher_settings(dict(checkpoint='x.pth')) == dict(
         config=None, checkpoint='x.pth', strict=True
     )
+
+
+def test_filter_fn_and_defaults_shared_by_sparsity_and_quantization():
+    import torch.nn as nn
+
+    from gpusq_mm.quantization import select_quant_layers
+    from gpusq_mm.sparsity import select_layers
+
+    net = nn.Module()
+    net.body = nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 32))
+    net.bbox_head = nn.Module()
+    net.bbox_head.cls_branches = nn.ModuleList([nn.Linear(32, 80)])
+    net.bbox_head.reg_branches = nn.ModuleList(
+        [nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))]
+    )
+
+    def keep(module, name):
+        return name != 'body.1'
+
+    sparse = [
+        d.name for d in select_layers(net, dict(filter_fn=keep)) if d.eligible
+    ]
+    quant = select_quant_layers(net, dict(filter_fn=keep))
+    # the hidden layer of the box MLP is compressed, its last layer and
+    # the class branch are not; filter_fn drops body.1 in both
+    assert sparse == quant == ['body.0', 'bbox_head.reg_branches.0.0']

@@ -37,8 +37,10 @@ def test_full_schedule_is_the_demo_configs_defaults():
         assert dense.train_cfg[key] == sched['dense'], task
         assert gpusq.train_cfg[key] == sched['stage1'] + sched['qat'], task
         assert gpusq.train_cfg['val_interval'] == sched['stage1'], task
-        qat = [h for h in gpusq.custom_hooks if h['type'].endswith('QATHook')]
-        begin = qat[0].get('begin_iter', qat[0].get('begin_epoch'))
+        hook = [
+            h for h in gpusq.custom_hooks if h['type'] == 'gpusq_mm.GPUSQHook'
+        ]
+        begin = hook[0].get('qat_begin_iter', hook[0].get('qat_begin_epoch'))
         assert begin == sched['stage1'], task
         unit = 'iter' if key == 'max_iters' else 'epoch'
         assert gpusq.model.teacher.checkpoint.endswith(

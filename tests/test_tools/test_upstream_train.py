@@ -2,8 +2,8 @@
 
 The demo GPUSQ configs (2:4 + KD, then QAT + KD) are trained for a
 couple of iterations by mmdet's and mmseg's own training scripts (shipped
-in their packages under ``.mim/tools``), with nothing but the config's
-``custom_imports`` bringing in gpusq_mm.
+in their packages under ``.mim/tools``), with their ``custom_imports``
+removed: the scoped ``gpusq_mm.`` types alone bring in the plugin.
 """
 
 import os
@@ -57,6 +57,11 @@ def test_gpusq_config_under_upstream_train_py(
         stages=dict(stage1=2, qat=1),
         teacher_ckpt=ckpt,
     )
+    from mmengine.config import Config
+
+    plain = Config.fromfile(cfg)
+    plain.pop('custom_imports', None)
+    plain.dump(cfg)
     work = tmp_path / 'work'
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     out = subprocess.run(
@@ -70,6 +75,7 @@ def test_gpusq_config_under_upstream_train_py(
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
     assert 'QATHook: QAT stage begins' in log
+    assert 'custom_imports' not in open(cfg).read()
     assert osp.isfile(work / 'student_final.pth')
     state = torch.load(work / 'student_final.pth', map_location='cpu')
     assert not any(k.startswith('teacher') for k in state['state_dict'])

@@ -24,11 +24,11 @@ config shape ``[*_base_.get('custom_hooks', []), dict(type=
 from typing import Optional
 
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop
 
 from gpusq_mm.registry import HOOKS
 
+from .model_access import ema_models, unwrap
 from .qat_hook import QATHook
 from .sparsity_hook import SparsityHook
 from .student_checkpoint_hook import StudentCheckpointHook
@@ -111,13 +111,8 @@ def _match_ema_buffers(runner) -> None:
     ``before_run`` would fail on the size change. Called before EMAHook's
     ``after_train_iter`` (this hook's priority is higher).
     """
-    model = runner.model
-    model = model.module if is_model_wrapper(model) else model
-    source = dict(model.named_buffers())
-    for hook in runner.hooks:
-        ema = getattr(getattr(hook, 'ema_model', None), 'module', None)
-        if ema is None:
-            continue
+    source = dict(unwrap(runner.model).named_buffers())
+    for ema in ema_models(runner):
         modules = dict(ema.named_modules())
         for name, buf in list(ema.named_buffers()):
             src = source.get(name)
@@ -213,8 +208,7 @@ class GPUSQHook(Hook):
     # -- set-up -----------------------------------------------------------
     def before_run(self, runner) -> None:
         """Check the model and the schedule; build the parts."""
-        model = runner.model
-        model = model.module if is_model_wrapper(model) else model
+        model = unwrap(runner.model)
         if not hasattr(model, 'sparsity_options'):
             raise TypeError(
                 f'GPUSQHook needs a gpusq_mm.GPUSQ model, got '
@@ -267,8 +261,7 @@ class GPUSQHook(Hook):
     # -- life cycle -------------------------------------------------------
     def before_train(self, runner) -> None:
         """Compute the masks (stage 1 begins), detect a resumed QAT."""
-        model = runner.model
-        model = model.module if is_model_wrapper(model) else model
+        model = unwrap(runner.model)
         if self.sparsity is not None:
             self.sparsity.before_train(runner)
             model.begin_sparse()

@@ -43,12 +43,12 @@ import torch
 import torch.nn as nn
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
 
 from gpusq_mm.registry import HOOKS
 
 from .calibration_data import calibration_loader, check_calibration_set
+from .model_access import get_student, unwrap
 
 __all__ = ['QATHook']
 
@@ -63,13 +63,8 @@ def _quantization():
     return quantization
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model
-
-
-def _student(model: nn.Module) -> nn.Module:
-    model = _unwrap(model)
-    return getattr(model, 'architecture', model)
+_unwrap = unwrap
+_student = get_student
 
 
 @HOOKS.register_module()

@@ -24,7 +24,6 @@ import torch
 import torch.nn as nn
 from mmengine.dist import broadcast, get_rank, get_world_size
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from gpusq_mm.registry import HOOKS
 from gpusq_mm.sparsity import (
@@ -42,14 +41,9 @@ from gpusq_mm.sparsity import (
     select_layers,
 )
 
+from .model_access import get_student, unwrap
+
 __all__ = ['SparsityHook', 'check_loaded_masks', 'get_student']
-
-
-def get_student(model: nn.Module) -> nn.Module:
-    """The module to prune: unwrapped, ``architecture`` of an algorithm."""
-    if is_model_wrapper(model):
-        model = model.module
-    return getattr(model, 'architecture', model)
 
 
 def _broadcast_masks(student: nn.Module) -> None:
@@ -204,6 +198,16 @@ class SparsityHook(Hook):
     def before_run(self, runner) -> None:
         """Attach placeholder masks before any checkpoint is loaded."""
         student = get_student(runner.model)
+        options = getattr(unwrap(runner.model), 'sparsity_options', {})
+        asked = {k: v for k, v in options.items() if v} if options else {}
+        if asked and (self.permute, self.mask_grad) != (
+            bool(options['permute']),
+            bool(options['mask_grad']),
+        ):
+            raise ValueError(
+                f'SparsityHook: model.sparsity sets {asked}, which this hook '
+                'would ignore; use gpusq_mm.GPUSQHook (it reads them)'
+            )
         if has_masks(student) and self.cfg != SparsityConfig():
             raise ValueError(
                 f'SparsityHook: the layer selection {self.cfg} would be '

@@ -5,9 +5,10 @@ from typing import Optional
 
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from gpusq_mm.registry import HOOKS
+
+from .model_access import unwrap
 
 __all__ = ['StudentCheckpointHook']
 
@@ -39,9 +40,7 @@ class StudentCheckpointHook(Hook):
         self.out_dir = out_dir
 
     def after_train(self, runner) -> None:
-        model = runner.model
-        if is_model_wrapper(model):
-            model = model.module
+        model = unwrap(runner.model)
         if not hasattr(model, 'save_student_checkpoint'):
             runner.logger.warning(
                 'StudentCheckpointHook: the model is not a GPUSQ algorithm; '

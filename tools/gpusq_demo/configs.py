@@ -1,0 +1,130 @@
+"""Adapt a demo config to one run: data, schedule, teacher, ablation.
+
+The gpusq demo configs have the three-statement shape of any GPUSQ config
+(``gpusq_mm.GPUSQ`` + ``gpusq_mm.GPUSQHook``); the run only re-points the
+data, sets the stage lengths and the teacher checkpoint, or, for the
+ablation, keeps the upstream model with a plain ``SparsityHook``.
+"""
+
+import os.path as osp
+from typing import Optional
+
+
+def _set_data_root(cfg, data_root: str) -> None:
+    """Point every dataset (and the COCO evaluator) at ``data_root``."""
+    old = None
+    for split in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(split)
+        if loader is None:
+            continue
+        ds = loader['dataset']
+        while 'dataset' in ds and 'data_root' not in ds:  # wrappers
+            ds = ds['dataset']
+        old = ds.get('data_root', old)
+        ds['data_root'] = data_root
+    for key in ('val_evaluator', 'test_evaluator'):
+        ev = cfg.get(key)
+        evs = ev if isinstance(ev, list) else [ev]
+        for e in evs:
+            if e is not None and 'ann_file' in e and old:
+                rel = osp.relpath(e['ann_file'], old)
+                e['ann_file'] = osp.join(data_root, rel)
+
+
+def _iter_based(cfg) -> bool:
+    return cfg.train_cfg.get('type') == 'IterBasedTrainLoop' or (
+        'max_iters' in cfg.train_cfg
+    )
+
+
+def _scale_dense(cfg, length: int) -> None:
+    """Shorten/lengthen a dense config's schedule to ``length``."""
+    key = 'max_iters' if _iter_based(cfg) else 'max_epochs'
+    factor = length / cfg.train_cfg[key]
+    cfg.train_cfg[key] = length
+    cfg.train_cfg['val_interval'] = length
+    for sch in cfg.param_scheduler:
+        for k in ('begin', 'end'):
+            if k in sch and sch[k] is not None:
+                sch[k] = max(1, int(round(sch[k] * factor))) if sch[k] else 0
+    cfg.default_hooks.checkpoint['interval'] = length
+
+
+def _set_gpusq_schedule(cfg, stage1: int, qat: int, use_qat: bool) -> None:
+    by_epoch = not _iter_based(cfg)
+    total = stage1 + (qat if use_qat else 0)
+    key = 'max_epochs' if by_epoch else 'max_iters'
+    cfg.train_cfg[key] = total
+    cfg.train_cfg['val_interval'] = stage1
+    extra = dict(convert_to_iter_based=True) if by_epoch else {}
+    cfg.param_scheduler = [
+        dict(
+            type='CosineAnnealingLR',
+            eta_min_ratio=0.05,
+            by_epoch=by_epoch,
+            begin=0,
+            end=stage1,
+            **extra,
+        )
+    ]
+    if use_qat:
+        cfg.param_scheduler.append(
+            dict(
+                type='CosineAnnealingLR',
+                eta_min_ratio=0.0,
+                by_epoch=by_epoch,
+                begin=stage1,
+                end=total,
+                **extra,
+            )
+        )
+    cfg.default_hooks.checkpoint['interval'] = stage1
+    for hook in cfg.custom_hooks:
+        if hook['type'].endswith('GPUSQHook'):
+            for key in ('qat_ratio', 'qat_begin_epoch', 'qat_begin_iter'):
+                hook.pop(key, None)
+            hook['qat_begin_epoch' if by_epoch else 'qat_begin_iter'] = stage1
+
+
+def prepare_config(
+    src: str,
+    dst: str,
+    data_root: str,
+    seed: int,
+    dense_len: Optional[int] = None,
+    stages: Optional[dict] = None,
+    teacher_ckpt: Optional[str] = None,
+    kd: bool = True,
+    backbone_ckpt: Optional[str] = None,
+) -> str:
+    """Load ``src``, adapt it to this demo run and dump it to ``dst``.
+
+    ``backbone_ckpt``: a checkpoint whose ``backbone.*`` weights initialise
+    the model's backbone (MMEngine ``Pretrained`` init).
+    """
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(src)
+    _set_data_root(cfg, data_root)
+    cfg.randomness = dict(seed=seed)
+    if dense_len is not None:
+        _scale_dense(cfg, dense_len)
+    if backbone_ckpt is not None:
+        cfg.model.backbone.init_cfg = dict(
+            type='Pretrained', checkpoint=backbone_ckpt, prefix='backbone.'
+        )
+    if stages is not None:
+        _set_gpusq_schedule(cfg, stages['stage1'], stages['qat'], use_qat=kd)
+        cfg.load_from = teacher_ckpt
+        if kd:
+            cfg.model.teacher.checkpoint = teacher_ckpt
+        else:
+            # the ablation: the same 2:4 fine-tune, student alone
+            cfg.model = cfg.model.architecture
+            cfg.custom_hooks = [
+                h
+                for h in cfg.custom_hooks
+                if not h['type'].endswith('GPUSQHook')
+            ] + [dict(type='gpusq_mm.SparsityHook')]
+    cfg.dump(dst)
+    return dst

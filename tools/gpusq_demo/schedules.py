@@ -1,0 +1,61 @@
+"""The demo's tasks, their configs and the stage lengths."""
+
+import os.path as osp
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEMO_CFG = osp.join(ROOT, 'configs', 'gpusq', 'demo')
+
+# task -> (dense config, gpusq config, main metric, data subfolder)
+TASKS = {
+    'det': dict(
+        dense='swin_maskrcnn_tiny_dense.py',
+        gpusq='swin_maskrcnn_tiny_gpusq.py',
+        metric='coco/bbox_mAP',
+        data='coco',
+        # the dense detector's backbone starts from the dense seg model's
+        # (the same tiny Swin): our stand-in for the ImageNet-pretrained
+        # backbone every real Mask R-CNN starts from, which cannot be
+        # downloaded here. From scratch, 400-600 CPU iterations leave the
+        # detector at 0.001-0.014 bbox mAP (its loss stalls); from the seg
+        # backbone it learns.
+        backbone_from='seg',
+    ),
+    'seg': dict(
+        dense='swin_upernet_tiny_dense.py',
+        gpusq='swin_upernet_tiny_gpusq.py',
+        metric='mIoU',
+        data='ade',
+    ),
+    'cls': dict(
+        dense='swin_cls_tiny_dense.py',
+        gpusq='swin_cls_tiny_gpusq.py',
+        metric='accuracy/top1',
+        data='cls',
+    ),
+}
+STAGES = ('dense', 'sparse24', 'sparse24_nokd', 'sparse24_int8')
+# seg first: its dense model initialises the detector's backbone
+RUN_ORDER = ('seg', 'det', 'cls')
+
+
+# Lengths in the config's own unit (iterations for det/seg, epochs for cls)
+# and data sizes, per mode (the full lengths are the demo configs' own
+# defaults). The dense teachers get most of the time: GPUSQ assumes a
+# trained dense model, and a teacher still far from converged makes the
+# ablation meaningless (the student fine-tuned without KD simply keeps
+# training past it). Stage 1 (2:4 + KD) is 1/8-1/6 of the dense schedule,
+# QAT ~10 % of it (pytorch-quantization's guidance). Val sets are larger
+# than the minimum so that stage-to-stage differences are not one or two
+# images.
+SCHEDULES = {
+    'full': {
+        'det': dict(dense=500, stage1=100, qat=50, data=(160, 80)),
+        'seg': dict(dense=1000, stage1=100, qat=100, data=(160, 80)),
+        'cls': dict(dense=30, stage1=5, qat=3, data=(600, 600)),
+    },
+    'quick': {
+        'det': dict(dense=60, stage1=30, qat=10, data=(32, 8)),
+        'seg': dict(dense=60, stage1=30, qat=10, data=(32, 8)),
+        'cls': dict(dense=6, stage1=3, qat=1, data=(120, 30)),
+    },
+}
