@@ -63,6 +63,19 @@ STAGES = {0: 'dense', 1: 'sparse', 2: 'qat'}
 class GPUSQ(BaseModel):
     """2:4 sparsity + QAT of an OpenMMLab model, recovered with KD.
 
+    What is distilled beyond the weights (``distill`` keys, see
+    :mod:`gpusq_mm.models.distill_config`): ``hard='teacher'`` is the
+    label-free mode, the teacher's predictions replace the ground truth
+    (argmax class; per-pixel argmax; detections scoring at least
+    ``teacher_score_thr`` [0.5, detectors only]; long form
+    ``hard_targets='teacher'``). ``logits.parts`` weighs the adapter's
+    parts, e.g. DETR ``query`` (final decoder layer) and ``query_aux``
+    (every earlier layer, each Hungarian-matched), Mask R-CNN ``rpn``,
+    ``roi`` and ``mask`` (the teacher's mask head on the student's positive
+    RoIs). ``features.levels`` ['later'] picks the outputs of multi-output
+    feature modules: the last two backbone stages and the neck levels built
+    from them; ``'all'`` or ``{module: [output indices]}``.
+
     Args:
         architecture (dict | nn.Module): the student, exactly the upstream
             model config (mmpretrain classifier, mmseg EncoderDecoder,
@@ -86,18 +99,12 @@ class GPUSQ(BaseModel):
             :data:`~gpusq_mm.models.distill_config.DISTILL_DEFAULTS`
             (unknown keys at any depth are errors), defaults in brackets:
             ``hard`` [1.0] weight of the student's task loss, or
-            ``'teacher'``: label-free mode, the teacher's predictions
-            replace the ground truth (argmax class / per-pixel argmax /
-            detections scoring >= ``teacher_score_thr`` [0.5, detectors
-            only]; long form ``hard_targets`` ['gt'|'teacher']);
-            ``logits=dict(weight [10], T [2.0], parts [adapter's: e.g.
-            DETR query, query_aux (earlier decoder layers); Mask R-CNN
-            rpn, roi, mask])``;
+            ``'teacher'`` (label-free, above);
+            ``logits=dict(weight [10], T [2.0], parts [adapter's])``;
             ``features=dict(weight [5], modules [backbone, neck(, encoder)],
             teacher_modules [same], loss ['mse'|'nmse'], connectors,
             gate_on_agreement [False], log_per_layer [False], levels
-            ['later' (last two backbone stages + matching neck levels)
-            |'all'|{module: [output indices]}])``;
+            ['later'])``;
             ``weighting=dict(mode ['inverse'|'proportional'|'uniform'],
             momentum [None])``. Defaults to None.
         data_preprocessor (dict, optional): the config's top-level one
@@ -198,6 +205,10 @@ class GPUSQ(BaseModel):
         self.adapter = self.adapter_cls(
             self.architecture, teacher, logits['parts']
         )
+        if self.distill_cfg['hard_targets'] == 'teacher':
+            self.adapter.check_label_free(
+                self.distill_cfg['teacher_score_thr']
+            )
         feats = self.distill_cfg['features']
         if feats['gate_on_agreement'] and 'cls' not in self.adapter.parts:
             raise ValueError(
@@ -223,10 +234,6 @@ class GPUSQ(BaseModel):
         )
         if self.init_student == 'teacher' and not feats['connectors']:
             check_same_parameters(self.architecture, teacher)
-        if self.distill_cfg['hard_targets'] == 'teacher':
-            self.adapter.check_label_free(
-                self.distill_cfg['teacher_score_thr']
-            )
 
     def init_weights(self) -> None:
         """Initialize the student; start it from the teacher's weights."""

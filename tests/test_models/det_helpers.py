@@ -70,6 +70,9 @@ def build_gpusq(model_cfg: dict, tmp_path, seed: int = 1, **kwargs):
         torch.manual_seed(0)
         student = MODELS.build(ConfigDict(model_cfg))
         student.init_weights()
+    # dense and FP: these tests are about distillation
+    kwargs.setdefault('sparsity', None)
+    kwargs.setdefault('quantization', None)
     return GPUSQ(
         architecture=student,
         teacher=dict(

@@ -157,6 +157,8 @@ def test_mask_kd_without_teacher_mask_head_is_an_error(tmp_path):
     torch.save({'state_dict': teacher.state_dict()}, path)
     with pytest.raises(TypeError, match='mask head.*parts=dict\\(mask=0\\)'):
         GPUSQ(
+            sparsity=None,  # dense and FP: a distillation test
+            quantization=None,
             architecture=student,
             teacher=dict(
                 config=dict(model=t_cfg, default_scope='mmdet'),

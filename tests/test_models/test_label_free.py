@@ -36,6 +36,8 @@ def cls_teacher(tmp_path):
 
 def test_classifier_targets_are_the_teacher_argmax(cls_teacher):
     model = GPUSQ(
+        sparsity=None,  # dense and FP: a distillation test
+        quantization=None,
         architecture=cls_model(),
         teacher=dict(config=cls_model(), checkpoint=cls_teacher),
         distill=dict(hard='teacher'),
@@ -69,6 +71,8 @@ def test_segmentor_targets_are_the_teacher_pixel_argmax(tmp_path):
     with DefaultScope.overwrite_default_scope('mmseg'):
         student = MODELS.build(cfg.model)
     model = GPUSQ(
+        sparsity=None,  # dense and FP: a distillation test
+        quantization=None,
         architecture=student,
         teacher=dict(config=t_cfg, checkpoint=ckpt),
         distill=dict(hard='teacher'),
@@ -140,6 +144,8 @@ def test_detr_label_free_trains_on_teacher_detections(tmp_path):
 def test_label_free_setting_errors(cls_teacher):
     def build(distill):
         return GPUSQ(
+            sparsity=None,  # dense and FP: a distillation test
+            quantization=None,
             architecture=cls_model(),
             teacher=dict(config=cls_model(), checkpoint=cls_teacher),
             distill=distill,
