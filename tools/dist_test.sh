@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Usage: bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args...]
+# (`--gpusq`: CHECKPOINT is the student of an upstream CONFIG)
 CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3

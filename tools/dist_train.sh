@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Usage: bash tools/dist_train.sh CONFIG GPUS [train.py args...]
+# CONFIG may be a file or pkg::path; `--gpusq DENSE.pth` compresses it.
 CONFIG=$1
 GPUS=$2
 NNODES=${NNODES:-1}

@@ -127,7 +127,11 @@ def test_sparsity_options_and_int4_come_from_the_model(
         str(tmp_path),
         qat_begin_iter=1,
         model=dict(
-            sparsity=dict(mask_grad=True, permute=True),
+            sparsity=dict(
+                mask_grad=True,
+                permute=True,
+                permute_search=dict(num_passes=2, patience=1),
+            ),
             quantization='int4',
         ),
     )
@@ -135,6 +139,7 @@ def test_sparsity_options_and_int4_come_from_the_model(
     runner.train()
     hook = next(h for h in runner.hooks if isinstance(h, GPUSQHook))
     assert hook.sparsity.mask_grad and hook.sparsity.permute
+    assert hook.sparsity.permute_search == dict(num_passes=2, patience=1)
     student = _student(runner)
     for name, layer in quantized_layers(student).items():
         wq = layer._weight_quantizer
