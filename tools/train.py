@@ -23,6 +23,7 @@ from mmengine.runner import Runner
 
 import gpusq_mm  # noqa: F401  (registries, safe checkpoint loading)
 from gpusq_mm.apis import load_config, wrap_config
+from gpusq_mm.utils.annotations import annotation_errors_named
 from gpusq_mm.utils.dist import setup_cpu_distributed
 
 
@@ -113,7 +114,8 @@ def main(argv=None):
         runner = Runner.from_cfg(cfg)
     else:
         runner = RUNNERS.build(cfg)
-    runner.train()
+    with annotation_errors_named(cfg):  # names a garbled ann_file
+        runner.train()
     return runner
 
 
