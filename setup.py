@@ -33,7 +33,7 @@ setup(
     python_requires='>=3.8',
     install_requires=read_requirements('runtime.txt'),
     extras_require=dict(
-        quant=read_requirements('optional.txt'),
+        deploy=read_requirements('optional.txt'),
         tests=read_requirements('tests.txt'),
         build=read_requirements('build.txt')),
     license='Apache License 2.0',
