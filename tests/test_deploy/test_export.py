@@ -15,6 +15,7 @@ import torch
 
 from gpusq_mm.deploy import ExportError, export_and_verify, load_student
 from gpusq_mm.deploy.qdq import integer_initializers
+from gpusq_mm.deploy.verify import fused_ops
 from gpusq_mm.quantization import quantized_layers
 
 from .helpers import CONFIGS, PART, SHAPE, SHAPES, make_student
@@ -306,6 +307,13 @@ def test_attention_quantizers_export_as_qdq(tmp_path):
     # of every window attention
     assert len(q_nodes) == len(res['quantized_layers']) + 4 * n_attn
     assert n_attn > 0
+    # the Q/DQ sit right at q @ k^T and attn @ v: onnxruntime runs both
+    # as integer matmuls, no FP32 MatMul is left in the optimized graph
+    ops = fused_ops(str(tmp_path / 'cls_s2.onnx'))
+    linears = sum(op == 'MatMul' for op in res['quantized_layers'].values())
+    integer = ops.get('QLinearMatMul', 0) + ops['MatMulIntegerToFloat']
+    assert integer == linears + 2 * n_attn
+    assert not {'MatMul', 'FusedMatMul'} & set(ops)
 
 
 @pytest.mark.slow
