@@ -107,9 +107,17 @@ def evaluate_export(
             inputs, samples = data['inputs'], data['data_samples']
             shape = [1] + list(inputs.shape[1:])
             if any(e is not None and e != s for e, s in zip(expect, shape)):
+                hint = f'export with --shape {"x".join(map(str, shape))}'
+                if family == 'segmentor':
+                    hint += (
+                        ' (test images of several sizes: pad them to one '
+                        "with the data preprocessor's test_cfg, e.g. "
+                        '--cfg-options model.architecture.data_preprocessor'
+                        '.test_cfg.size=H,W in a GPUSQ config)'
+                    )
                 raise ValueError(
                     f'the graph takes {expect}, the test pipeline gives '
-                    f'{shape}: export with --shape {"x".join(map(str, shape))}'
+                    f'{shape}: {hint}'
                 )
             preds_t = model.predict(inputs, copy.deepcopy(samples))
             preds_o = _onnx_predict(model, family, sess, inputs, samples)
