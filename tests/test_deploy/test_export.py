@@ -340,3 +340,33 @@ def test_eval_onnx_on_the_generated_val_set(tmp_path, cls_cfg_options):
         tool.main(
             [CONFIGS['cls'], ckpt, other, '--cfg-options'] + cls_cfg_options
         )
+
+
+@pytest.mark.slow
+def test_eval_onnx_scores_a_segmentor(tmp_path, ade_cfg_options):
+    from .test_report_trt import _tool
+
+    ckpt = str(tmp_path / 'seg.pth')
+    make_student('seg', ckpt, stage=2)
+    out = str(tmp_path / 'seg.onnx')
+    # UPerNet's pyramid pooling needs a side that is a multiple of 192;
+    # the test images (<= 320 after the pipeline's resize) are padded
+    export_and_verify(
+        CONFIGS['seg'], ckpt, out, shape=(1, 3, 384, 384), log=_quiet
+    )
+    pad = ['model.architecture.data_preprocessor.test_cfg.size=384,384']
+    tool = _tool('deploy', 'eval_onnx.py')
+    args = [CONFIGS['seg'], ckpt, out, '--max-drop', '5', '--cfg-options']
+    res = tool.main(args + ade_cfg_options + pad)
+    # an untrained student's logits are near ties, so a few pixels flip
+    # (the trained demo student scores the same mIoU in both)
+    assert res['images'] > 0 and res['agreement'] > 0.97
+    assert set(res['torch']) == {'aAcc', 'mIoU', 'mAcc'}
+    for key, value in res['torch'].items():
+        assert value > 0
+        assert abs(res['onnx'][key] - value) <= 0.05 * value
+    # without the padding the images reach the graph at their own size
+    with pytest.raises(SystemExit):
+        tool.main(
+            [CONFIGS['seg'], ckpt, out, '--cfg-options'] + ade_cfg_options
+        )
