@@ -52,3 +52,19 @@ def test_ort_optimized_copy_folds_biases_and_keeps_outputs(tmp_path):
     x = np.random.RandomState(0).randn(*SHAPES['cls']).astype(np.float32)
     a, b = run_onnx(src, x)[0], run_onnx(dst, x)[0]
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_export_tool_writes_the_ort_copy(tmp_path, capsys):
+    from .test_report_trt import _tool
+
+    ckpt = str(tmp_path / 'cls.pth')
+    make_student('cls', ckpt, stage=2)
+    out, ort_out = str(tmp_path / 'a.onnx'), str(tmp_path / 'a_ort.onnx')
+    shape = 'x'.join(map(str, SHAPES['cls']))
+    res = _tool('deploy', 'export_onnx.py').main(
+        [CONFIGS['cls'], ckpt, '--out', out, '--shape', shape]
+        + ['--act-dtype', 'uint8', '--ort-out', ort_out]
+    )
+    assert res['ort']['folded_bias'] > 0 and res['ort']['max_abs_diff'] < 1e-4
+    assert 'biases folded' in capsys.readouterr().out
+    assert onnx.load(ort_out).graph.node
