@@ -11,6 +11,14 @@ interleaved:
 - ``ours``: the QDQ export (INT8 2:4 weights, uint8 activations with zero
   point 128, onnxruntime's fast CPU path) and ``ours_s8`` (int8
   activations, TensorRT's format);
+- ``ours_att``: ``ours`` with the window-attention matmuls quantized
+  too (``quantize_attention=True``: q, k, v and the softmax output get
+  calibrated per-tensor quantizers; onnxruntime fuses ``q @ k^T`` and
+  ``attn @ v`` into ``QLinearMatMul``);
+- ``ours_ort`` / ``ours_att_ort``: onnxruntime-only copies of those two
+  (:func:`gpusq_mm.deploy.ort_opt.save_ort_optimized`: onnxruntime's
+  optimized graph saved, the Linear biases folded into
+  ``MatMulIntegerToFloat``);
 - ``dynamic``: ``onnxruntime.quantization.quantize_dynamic`` of the FP32
   file (INT8 weights, activations quantized at run time).
 
@@ -21,8 +29,10 @@ fp16. Skipped with a one-line note without CUDA.
 """
 
 import argparse
+import os
 import os.path as osp
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -35,8 +45,12 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 
-def swin_t_student(size: int, calib_batches: int = 2):
-    """A calibrated, fake-quantized 2:4 Swin-T classifier (random weights)."""
+def swin_t_student(size: int, calib_batches: int = 2, attention: bool = False):
+    """A calibrated, fake-quantized 2:4 Swin-T classifier (random weights).
+
+    ``attention``: also quantize the window-attention matmul operands
+    (``quantize_attention=True``).
+    """
     from mmengine.registry import DefaultScope
 
     import gpusq_mm  # noqa: F401
@@ -60,7 +74,7 @@ def swin_t_student(size: int, calib_batches: int = 2):
     apply_masks(model)
     from gpusq_mm.quantization import quantize_model
 
-    quantize_model(model)
+    quantize_model(model, dict(quantize_attention=attention))
     batches = [torch.randn(1, 3, size, size) for _ in range(calib_batches)]
     calibrate(model, lambda b: model.backbone(b), batches)
     enable_fake_quant(model)
@@ -73,9 +87,11 @@ def cpu_part(args) -> dict:
 
     from gpusq_mm.deploy import export_onnx, make_input, parity, run_onnx
     from gpusq_mm.deploy.api import reference_outputs
+    from gpusq_mm.deploy.ort_opt import save_ort_optimized
     from gpusq_mm.deploy.verify import fused_ops, ort_session
 
     model = swin_t_student(args.size)
+    attn_model = swin_t_student(args.size, attention=True)
     x = make_input(model, (1, 3, args.size, args.size))
     feed = x.numpy()
     tmp = tempfile.mkdtemp(prefix='bench_deploy_')
@@ -105,12 +121,25 @@ def cpu_part(args) -> dict:
         act_dtype='int8',
         log=quiet,
     )['path']
+    files['ours_att'] = export_onnx(
+        attn_model,
+        x,
+        osp.join(tmp, 'ours_att.onnx'),
+        'backbone',
+        act_dtype='uint8',
+        log=quiet,
+    )['path']
+    for key in ('ours', 'ours_att'):  # onnxruntime-only copies
+        files[f'{key}_ort'] = save_ort_optimized(
+            files[key], osp.join(tmp, f'{key}_ort.onnx')
+        )['path']
     files['dynamic'] = osp.join(tmp, 'dynamic.onnx')
     quantize_dynamic(
         files['fp32'], files['dynamic'], weight_type=QuantType.QInt8
     )
     onnx.checker.check_model(files['dynamic'])
     ref = reference_outputs(model, x, 'backbone')
+    ref_att = reference_outputs(attn_model, x, 'backbone')
     sessions = {k: ort_session(p, args.threads) for k, p in files.items()}
     for sess in sessions.values():  # warm up
         for _ in range(3):
@@ -123,7 +152,8 @@ def cpu_part(args) -> dict:
             times[key].append((time.perf_counter() - start) * 1e3)
     res = {}
     for key, path in files.items():
-        cos = min(r['cosine'] for r in parity(ref, run_onnx(path, feed)))
+        want = ref_att if key.startswith('ours_att') else ref
+        cos = min(r['cosine'] for r in parity(want, run_onnx(path, feed)))
         res[key] = dict(
             ms=float(np.median(times[key])),
             mb=osp.getsize(path) / 2**20,
@@ -131,9 +161,14 @@ def cpu_part(args) -> dict:
             fused={
                 k: v
                 for k, v in fused_ops(path).items()
-                if 'Integer' in k or k.startswith('Q') or 'Dynamic' in k
+                if 'Integer' in k
+                or k.startswith('Q')
+                or 'Dynamic' in k
+                or k in ('MatMul', 'FusedMatMul', 'Add')
             },
         )
+    del sessions
+    shutil.rmtree(tmp, ignore_errors=True)  # ~270 MB of .onnx files
     return res
 
 
@@ -237,18 +272,25 @@ def main(argv=None) -> dict:
         f'torch {torch.__version__}, {args.threads} threads, '
         f'Swin-T backbone {args.size}², batch 1, {args.runs} runs each'
     )
+    load = os.getloadavg()
     res = cpu_part(args)
+    load = [max(a, b) for a, b in zip(load, os.getloadavg())]
     base = res['fp32']
     for key, row in res.items():
         print(
-            f'{key:8s} {row["ms"]:8.2f} ms  {row["mb"]:7.2f} MB  '
+            f'{key:12s} {row["ms"]:8.2f} ms  {row["mb"]:7.2f} MB  '
             f'speed-up {base["ms"] / row["ms"]:.2f}x  size '
             f'{row["mb"] / base["mb"]:.3f}x  cosine vs fake-quant '
             f'{row["cosine"]:.5f}  {row["fused"]}'
         )
+    for key in ('ours', 'ours_att', 'ours_att_ort'):
+        print(
+            f'{key} vs dynamic: '
+            f'{res["dynamic"]["ms"] / res[key]["ms"]:.2f}x faster'
+        )
     print(
-        f'ours vs dynamic: {res["dynamic"]["ms"] / res["ours"]["ms"]:.2f}x '
-        'faster'
+        'load average (1/5/15 min, max of start and end): '
+        + ' '.join(f'{a:.2f}' for a in load)
     )
     if not args.no_gpu:
         gpu_part()

@@ -11,8 +11,8 @@ exports it, checks it in onnxruntime and measures it.
   against the PyTorch fake-quant forward (``tools/deploy/export_onnx.py``);
 - :func:`export_and_measure`: FP32 vs quantized file size and onnxruntime
   latency of one checkpoint (for the demo's results);
-- :func:`~gpusq_mm.deploy.evaluate.evaluate_classifier`: the export's
-  metric on the config's test set next to PyTorch's
+- :func:`~gpusq_mm.deploy.evaluate.evaluate_export`: the export's
+  metric (classifier or segmentor) on the test set next to PyTorch's
   (``tools/deploy/eval_onnx.py``).
 """
 

@@ -35,6 +35,8 @@ from gpusq_mm.deploy.qdq import QuantWeight, dtype_for_bits
 from gpusq_mm.quantization import quantized_layers, quantizers
 from gpusq_mm.quantization.modules import _float_mask
 
+from .attention import place_attention_qdq
+
 __all__ = ['ACT_DTYPES', 'prepare_export_copy', 'quant_summary']
 
 #: Activation integer types: ``int8`` (zero point 0, TensorRT's format) or
@@ -201,4 +203,6 @@ def prepare_export_copy(
             _set_act_export(q, act_dtype)
         else:
             q.disable()
+    if quantized:
+        place_attention_qdq(dup)
     return dup, weights

@@ -15,6 +15,7 @@ import torch
 
 from gpusq_mm.deploy import ExportError, export_and_verify, load_student
 from gpusq_mm.deploy.qdq import integer_initializers
+from gpusq_mm.deploy.verify import fused_ops
 from gpusq_mm.quantization import quantized_layers
 
 from .helpers import CONFIGS, PART, SHAPE, SHAPES, make_student
@@ -306,6 +307,13 @@ def test_attention_quantizers_export_as_qdq(tmp_path):
     # of every window attention
     assert len(q_nodes) == len(res['quantized_layers']) + 4 * n_attn
     assert n_attn > 0
+    # the Q/DQ sit right at q @ k^T and attn @ v: onnxruntime runs both
+    # as integer matmuls, no FP32 MatMul is left in the optimized graph
+    ops = fused_ops(str(tmp_path / 'cls_s2.onnx'))
+    linears = sum(op == 'MatMul' for op in res['quantized_layers'].values())
+    integer = ops.get('QLinearMatMul', 0) + ops['MatMulIntegerToFloat']
+    assert integer == linears + 2 * n_attn
+    assert not {'MatMul', 'FusedMatMul'} & set(ops)
 
 
 @pytest.mark.slow
@@ -331,4 +339,34 @@ def test_eval_onnx_on_the_generated_val_set(tmp_path, cls_cfg_options):
     with pytest.raises(SystemExit):
         tool.main(
             [CONFIGS['cls'], ckpt, other, '--cfg-options'] + cls_cfg_options
+        )
+
+
+@pytest.mark.slow
+def test_eval_onnx_scores_a_segmentor(tmp_path, ade_cfg_options):
+    from .test_report_trt import _tool
+
+    ckpt = str(tmp_path / 'seg.pth')
+    make_student('seg', ckpt, stage=2)
+    out = str(tmp_path / 'seg.onnx')
+    # UPerNet's pyramid pooling needs a side that is a multiple of 192;
+    # the test images (<= 320 after the pipeline's resize) are padded
+    export_and_verify(
+        CONFIGS['seg'], ckpt, out, shape=(1, 3, 384, 384), log=_quiet
+    )
+    pad = ['model.architecture.data_preprocessor.test_cfg.size=384,384']
+    tool = _tool('deploy', 'eval_onnx.py')
+    args = [CONFIGS['seg'], ckpt, out, '--max-drop', '5', '--cfg-options']
+    res = tool.main(args + ade_cfg_options + pad)
+    # an untrained student's logits are near ties, so a few pixels flip
+    # (the trained demo student scores the same mIoU in both)
+    assert res['images'] > 0 and res['agreement'] > 0.97
+    assert set(res['torch']) == {'aAcc', 'mIoU', 'mAcc'}
+    for key, value in res['torch'].items():
+        assert value > 0
+        assert abs(res['onnx'][key] - value) <= 0.05 * value
+    # without the padding the images reach the graph at their own size
+    with pytest.raises(SystemExit):
+        tool.main(
+            [CONFIGS['seg'], ckpt, out, '--cfg-options'] + ade_cfg_options
         )

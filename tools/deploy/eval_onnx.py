@@ -1,4 +1,4 @@
-"""Score an exported classifier on the config's test set next to PyTorch.
+"""Score an exported classifier / segmentor on its test set next to PyTorch.
 
     python tools/deploy/eval_onnx.py CONFIG CHECKPOINT MODEL.onnx \
         [--max-drop 0.5] [--cfg-options key=value ...]
@@ -6,7 +6,8 @@
 Runs the test set through the PyTorch (fake-quant) student and the ONNX
 graph in onnxruntime, prints both metrics and how many predictions agree,
 and exits with status 1 when a metric of the export is more than
-``--max-drop`` percent (relative) below PyTorch's. Classifiers only.
+``--max-drop`` percent (relative) below PyTorch's. Classifiers and
+segmentors (top-1, mIoU, ... : the config's test evaluator).
 """
 
 import argparse
@@ -17,7 +18,7 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from gpusq_mm.deploy.evaluate import evaluate_classifier  # noqa: E402
+from gpusq_mm.deploy.evaluate import evaluate_export  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
-        res = evaluate_classifier(
+        res = evaluate_export(
             args.config, args.checkpoint, args.onnx, args.cfg_options
         )
     except (FileNotFoundError, KeyError, ValueError) as e:
@@ -54,9 +55,7 @@ def main(argv=None) -> dict:
         print(f'{key}: PyTorch {ref:.4f}, onnxruntime {got:.4f}')
         if got < ref * (1 - args.max_drop / 100):
             worse.append(key)
-    print(
-        f'{res["images"]} images, {res["agreement"]:.2%} same predicted class'
-    )
+    print(f'{res["images"]} images, {res["agreement"]:.2%} same prediction')
     if worse:
         print(
             f'eval_onnx: error: {worse} more than {args.max_drop} % below '
