@@ -38,9 +38,11 @@ class ResumeRecorder(Hook):
 
     priority = 'HIGHEST'  # before_train: before SparsityHook prunes
 
-    def __init__(self, run: str, save_extra: bool = False):
+    def __init__(self, run: str, save_extra: bool = False, stop_at=None):
         self.run = run
         self.save_extra = save_extra
+        self.stop_at = stop_at  # stop after this iteration (the schedule
+        # stays whole: a shortened one would never reach QAT, an error)
         RECORDS[run] = dict(state={}, lr={}, loss={})
 
     def _save(self, runner, name, epoch):
@@ -69,6 +71,8 @@ class ResumeRecorder(Hook):
         self, runner, batch_idx, data_batch=None, outputs=None
     ):
         RECORDS[self.run]['loss'][runner.iter] = float(outputs['loss'])
+        if self.stop_at is not None and runner.iter >= self.stop_at:
+            runner.train_loop.stop_training = True
 
 
 def _train(argv):
@@ -80,7 +84,22 @@ def _train(argv):
     return module.main(argv)
 
 
-def _options(teacher, cls_cfg_options, run, epochs, save_extra=False):
+def _config(tmp_path, run: str, save_extra=False, stop_at=None) -> str:
+    """The demo config with QAT at epoch 2 and the recorder appended."""
+    path = tmp_path / f'{run}.py'
+    path.write_text(
+        f'_base_ = {CLS_GPUSQ!r}\n'
+        'custom_hooks = [\n'
+        "    dict(type='gpusq_mm.GPUSQHook', qat_begin_epoch=2,\n"
+        '         num_batches=8, lr_factor=0.05),\n'
+        f"    dict(type='ResumeRecorder', run={run!r},\n"
+        f'         save_extra={save_extra!r}, stop_at={stop_at!r}),\n'
+        ']\n'
+    )
+    return str(path)
+
+
+def _options(teacher, cls_cfg_options, epochs):
     loaders = [
         f'{s}_dataloader.{k}'
         for s in ('train', 'val', 'test')
@@ -91,7 +110,6 @@ def _options(teacher, cls_cfg_options, run, epochs, save_extra=False):
         f'model.teacher.checkpoint={teacher}',
         f'train_cfg.max_epochs={epochs}',
         'train_cfg.val_begin=100',  # no validation
-        'custom_hooks.1.begin_epoch=2',
         'param_scheduler.0.end=2',
         'param_scheduler.1.begin=2',
         'param_scheduler.1.end=4',
@@ -104,9 +122,6 @@ def _options(teacher, cls_cfg_options, run, epochs, save_extra=False):
         'train_dataloader.dataset.pipeline.1.aspect_ratio_range=(1.0,1.0)',
         'train_dataloader.dataset.pipeline.2.prob=0.0',
         'model.architecture.backbone.drop_path_rate=0.0',
-        'custom_hooks.2.type=ResumeRecorder',
-        f'custom_hooks.2.run={run}',
-        f'custom_hooks.2.save_extra={save_extra}',
         *loaders,
         *cls_cfg_options,
     ]
@@ -124,13 +139,13 @@ def test_exact_resume_from_each_stage(
     _, teacher = dense_checkpoint(CLS_DENSE, str(tmp_path / 'dense.pth'))
     full = str(tmp_path / 'full')
     _train(
-        [CLS_GPUSQ, '--work-dir', full]
-        + _options(teacher, cls_cfg_options, 'full', 4, save_extra=True)
+        [_config(tmp_path, 'full', save_extra=True), '--work-dir', full]
+        + _options(teacher, cls_cfg_options, 4)
     )
     ref = RECORDS['full']
     assert sorted(ref['loss']) == [0, 1, 2, 3]
     stages = [int(ref['state'][i]['gpusq_stage']) for i in range(4)]
-    assert stages == [0, 1, 2, 2]  # 0 -> 1 in the first loss()
+    assert stages == [1, 1, 2, 2]  # 0 -> 1 in GPUSQHook.before_train
     assert any(k.startswith('qat_teacher.') for k in ref['state'][2])
     assert not any(k.startswith('qat_teacher.') for k in ref['state'][1])
 
@@ -153,9 +168,9 @@ def test_exact_resume_from_each_stage(
         else:
             resume = ['--resume', osp.join(full, name)]
         _train(
-            [CLS_GPUSQ, '--work-dir', work]
+            [_config(tmp_path, run, stop_at=it), '--work-dir', work]
             + resume
-            + _options(teacher, cls_cfg_options, run, it + 1)
+            + _options(teacher, cls_cfg_options, 4)
         )
         got = RECORDS[run]
         assert sorted(got['loss']) == [it], (name, got['loss'])
