@@ -14,12 +14,20 @@ Swin classifier) it
    final one ``sparse24_int8``;
 3. runs the same 2:4 fine-tune without KD (``sparse24_nokd``, the
    ablation);
+4. evaluates the dense weights with 2:4 magnitude masks and no fine-tune
+   (``sparse24_oneshot``: the damage the fine-tune has to recover) with
+   ``tools/test.py``;
 
 and writes ``results.json`` (one row per task and stage), ``results.png``
-and prints the table. Every run is a plain ``tools/train.py`` subprocess
+and prints the table. The final student's row also gets its ONNX numbers:
+file size and onnxruntime latency of the FP32 export vs the 2:4+INT8 one
+(``onnx_fp32_mb`` / ``onnx_int8_mb`` / ``onnx_fp32_ms`` / ``onnx_int8_ms``;
+the detector exports its backbone+neck, the others the whole model).
+Every run is a plain ``tools/train.py`` (or ``tools/test.py``) subprocess
 with its own work dir, log and checkpoints under ``--work-dir``. The parts
-(tasks and schedules, config preparation, runs, results) live in
-``tools/gpusq_demo/``; this file is the command line and the sequence.
+(tasks and schedules, config preparation, runs, one-shot pruning, results)
+live in ``tools/gpusq_demo/``; this file is the command line and the
+sequence.
 """
 
 import argparse
@@ -31,16 +39,19 @@ import time
 from typing import Dict, List
 
 from gpusq_demo.configs import _iter_based, prepare_config  # noqa: F401
+from gpusq_demo.oneshot import oneshot_checkpoint
 from gpusq_demo.results import (  # noqa: F401
+    measure_model,
     metric_at,
     read_val_metrics,
     size_mb,
     table,
     write_results,
 )
-from gpusq_demo.runs import last_checkpoint, log, run
+from gpusq_demo.runs import evaluate, last_checkpoint, log, run
 from gpusq_demo.schedules import (  # noqa: F401
     DEMO_CFG,
+    DEPLOY_RUNS,
     ROOT,
     RUN_ORDER,
     SCHEDULES,
@@ -180,6 +191,21 @@ def main(argv=None) -> List[dict]:
             osp.join(tdir, 'nokd.log'),
         )
 
+        # 4. one-shot: the dense weights, 2:4-pruned, no fine-tune
+        log(f'[{task}] 2:4 masks on the dense weights, no fine-tune')
+        oneshot_dir = osp.join(tdir, 'sparse24_oneshot')
+        os.makedirs(oneshot_dir, exist_ok=True)
+        oneshot_ckpt = oneshot_checkpoint(
+            gpusq_cfg, dense_ckpt, osp.join(oneshot_dir, 'oneshot.pth')
+        )
+        oneshot_metrics = evaluate(
+            py,
+            gpusq_cfg,
+            oneshot_ckpt,
+            oneshot_dir,
+            osp.join(tdir, 'oneshot.log'),
+        )
+
         key = spec['metric']
         gpusq_val = read_val_metrics(gpusq_dir)
         if len(gpusq_val) != 2:  # end of stage 1, end of QAT
@@ -187,35 +213,40 @@ def main(argv=None) -> List[dict]:
                 f'expected 2 validations in {gpusq_dir}, got {len(gpusq_val)}'
             )
         nokd_ckpt = last_checkpoint(nokd_dir)
-        sparse_mb = size_mb(nokd_cfg, nokd_ckpt)
+        sparse = measure_model(nokd_cfg, nokd_ckpt)
+        # the final student: its FP32 and 2:4+INT8 ONNX exports too
+        final = measure_model(
+            gpusq_cfg,
+            last_checkpoint(gpusq_dir),
+            deploy=dict(
+                spec['deploy'],
+                out_dir=osp.join(tdir, 'onnx'),
+                runs=DEPLOY_RUNS[mode],
+            ),
+        )
         results = [
             (
                 'dense',
                 metric_at(read_val_metrics(dense_dir), key),
-                size_mb(dense_cfg, dense_ckpt),
+                measure_model(dense_cfg, dense_ckpt),
             ),
-            ('sparse24', metric_at(gpusq_val, key, 0), sparse_mb),
+            (
+                'sparse24_oneshot',
+                metric_at([oneshot_metrics], key),
+                measure_model(gpusq_cfg, oneshot_ckpt),
+            ),
+            ('sparse24', metric_at(gpusq_val, key, 0), sparse),
             (
                 'sparse24_nokd',
                 metric_at(read_val_metrics(nokd_dir), key),
-                sparse_mb,
+                sparse,
             ),
-            (
-                'sparse24_int8',
-                metric_at(gpusq_val, key),
-                size_mb(gpusq_cfg, last_checkpoint(gpusq_dir)),
-            ),
+            ('sparse24_int8', metric_at(gpusq_val, key), final),
         ]
-        for stage, value, mb in results:
-            rows.append(
-                dict(
-                    task=task,
-                    stage=stage,
-                    metric=key,
-                    value=value,
-                    size_mb=round(mb, 4),
-                )
-            )
+        for stage, value, measured in results:
+            row = dict(task=task, stage=stage, metric=key, value=value)
+            row.update(measured, size_mb=round(measured['size_mb'], 4))
+            rows.append(row)
         rows.sort(
             key=lambda r: (
                 list(TASKS).index(r['task']),

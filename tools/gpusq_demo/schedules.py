@@ -19,21 +19,36 @@ TASKS = {
         # detector at 0.001-0.014 bbox mAP (its loss stalls); from the seg
         # backbone it learns.
         backbone_from='seg',
+        # the exported part of the final student and its input shape
+        deploy=dict(part='backbone+neck', shape=(1, 3, 320, 320)),
     ),
     'seg': dict(
         dense='swin_upernet_tiny_dense.py',
         gpusq='swin_upernet_tiny_gpusq.py',
         metric='mIoU',
         data='ade',
+        deploy=dict(part='full', shape=(1, 3, 256, 256)),
     ),
     'cls': dict(
         dense='swin_cls_tiny_dense.py',
         gpusq='swin_cls_tiny_gpusq.py',
         metric='accuracy/top1',
         data='cls',
+        deploy=dict(part='full', shape=(1, 3, 64, 64)),
     ),
 }
-STAGES = ('dense', 'sparse24', 'sparse24_nokd', 'sparse24_int8')
+# row -> short label (plot), in table order
+STAGE_LABELS = {
+    'dense': 'dense',
+    'sparse24_oneshot': '2:4 one-shot',
+    'sparse24_nokd': '2:4 no KD',
+    'sparse24': '2:4+KD',
+    'sparse24_labelfree': '2:4+KD no labels',
+    'sparse24_int8': '2:4+INT8',
+    'sparse24_int4': '2:4+INT4',
+    'sparse24_int4_uniform': '2:4+INT4 uniform',
+}
+STAGES = tuple(STAGE_LABELS)
 # seg first: its dense model initialises the detector's backbone
 RUN_ORDER = ('seg', 'det', 'cls')
 
@@ -59,3 +74,6 @@ SCHEDULES = {
         'cls': dict(dense=6, stage1=3, qat=1, data=(120, 30)),
     },
 }
+
+# timed onnxruntime runs (median) of each ONNX export of the final student
+DEPLOY_RUNS = {'full': 20, 'quick': 5}
