@@ -17,6 +17,12 @@ Swin classifier) it
 4. evaluates the dense weights with 2:4 magnitude masks and no fine-tune
    (``sparse24_oneshot``: the damage the fine-tune has to recover) with
    ``tools/test.py``;
+5. full demo only (``--quick``: with ``--all-rows``), for cls and seg: the
+   extra training rows ``sparse24_labelfree`` (stage 1 with the teacher's
+   predictions instead of the labels, the ``sparse24`` budget),
+   ``sparse24_int4`` and ``sparse24_int4_uniform`` (the whole pipeline with
+   INT4 QAT, with / without the per-layer feature-KD weight factors, the
+   ``sparse24_int8`` budget);
 
 and writes ``results.json`` (one row per task and stage), ``results.png``
 and prints the table. The final student's row also gets its ONNX numbers:
@@ -52,6 +58,7 @@ from gpusq_demo.runs import evaluate, last_checkpoint, log, run
 from gpusq_demo.schedules import (  # noqa: F401
     DEMO_CFG,
     DEPLOY_RUNS,
+    EXTRA_RUNS,
     ROOT,
     RUN_ORDER,
     SCHEDULES,
@@ -72,6 +79,13 @@ def parse_args(argv=None):
         '--tasks', nargs='+', default=list(TASKS), choices=list(TASKS)
     )
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument(
+        '--all-rows',
+        action='store_true',
+        help='with --quick: also run the extra training rows '
+        '(sparse24_labelfree, sparse24_int4, sparse24_int4_uniform; cls '
+        'and seg), which only the full demo runs by default',
+    )
     return parser.parse_args(argv)
 
 
@@ -82,6 +96,7 @@ def main(argv=None) -> List[dict]:
     py = sys.executable
     t_start = time.time()
     mode = 'quick' if args.quick else 'full'
+    extra = args.all_rows or not args.quick
     train = osp.join(ROOT, 'tools', 'train.py')
 
     from gpusq_mm.datasets.generate import generate_task
@@ -206,6 +221,28 @@ def main(argv=None) -> List[dict]:
             osp.join(tdir, 'oneshot.log'),
         )
 
+        # 5. the extra rows (full demo): label-free, INT4 with / without
+        # the per-layer factors, each a gpusq run with model overrides
+        extra_runs = {}
+        for stage in spec['extra_rows'] if extra else ():
+            how = EXTRA_RUNS[stage]
+            cfg = prepare_config(
+                osp.join(DEMO_CFG, spec['gpusq']),
+                osp.join(tdir, f'{stage}.py'),
+                data_root,
+                args.seed,
+                stages=sched,
+                teacher_ckpt=dense_ckpt,
+                model=how['model'],
+                qat=how['qat'],
+            )
+            log(f'[{task}] extra row {stage}: {how["model"]}')
+            run(
+                [py, train, cfg, '--work-dir', osp.join(tdir, stage)],
+                osp.join(tdir, f'{stage}.log'),
+            )
+            extra_runs[stage] = (cfg, osp.join(tdir, stage), how['qat'])
+
         key = spec['metric']
         gpusq_val = read_val_metrics(gpusq_dir)
         if len(gpusq_val) != 2:  # end of stage 1, end of QAT
@@ -243,6 +280,20 @@ def main(argv=None) -> List[dict]:
             ),
             ('sparse24_int8', metric_at(gpusq_val, key), final),
         ]
+        for stage, (cfg, run_dir, qat) in extra_runs.items():
+            val = read_val_metrics(run_dir)
+            if len(val) != (2 if qat else 1):
+                raise RuntimeError(
+                    f'expected {2 if qat else 1} validation(s) in {run_dir}, '
+                    f'got {len(val)}'
+                )
+            results.append(
+                (
+                    stage,
+                    metric_at(val, key),
+                    measure_model(cfg, last_checkpoint(run_dir)),
+                )
+            )
         for stage, value, measured in results:
             row = dict(task=task, stage=stage, metric=key, value=value)
             row.update(measured, size_mb=round(measured['size_mb'], 4))

@@ -5,6 +5,29 @@ import os.path as osp
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CFG = osp.join(ROOT, 'configs', 'gpusq', 'demo')
 
+# The extra training rows (full demo only, or --all-rows): each is the
+# task's gpusq config with these ``model`` overrides; ``qat``: the run has
+# the QAT stage (stage 1 + QAT, as ``sparse24_int8``) or stops after stage 1
+# (as ``sparse24``), so that each row has the budget of the row it is
+# compared with.
+EXTRA_RUNS = {
+    # label-free: the teacher's predictions replace the ground truth
+    'sparse24_labelfree': dict(
+        model=dict(distill=dict(hard='teacher'), quantization=None),
+        qat=False,
+    ),
+    # INT4 QAT with the per-layer feature-KD weight factors (the default)
+    'sparse24_int4': dict(model=dict(quantization='int4'), qat=True),
+    # the same without them (every layer weighted 1)
+    'sparse24_int4_uniform': dict(
+        model=dict(
+            quantization='int4', distill=dict(weighting=dict(mode='uniform'))
+        ),
+        qat=True,
+    ),
+}
+EXTRA_ROWS = tuple(EXTRA_RUNS)
+
 # task -> (dense config, gpusq config, main metric, data subfolder)
 TASKS = {
     'det': dict(
@@ -19,6 +42,9 @@ TASKS = {
         # detector at 0.001-0.014 bbox mAP (its loss stalls); from the seg
         # backbone it learns.
         backbone_from='seg',
+        # no extra rows: two more INT4 pipelines of the detector would take
+        # the full demo past 30 min on a 2-core CPU
+        extra_rows=(),
         # the exported part of the final student and its input shape
         deploy=dict(part='backbone+neck', shape=(1, 3, 320, 320)),
     ),
@@ -27,6 +53,7 @@ TASKS = {
         gpusq='swin_upernet_tiny_gpusq.py',
         metric='mIoU',
         data='ade',
+        extra_rows=EXTRA_ROWS,
         deploy=dict(part='full', shape=(1, 3, 256, 256)),
     ),
     'cls': dict(
@@ -34,6 +61,7 @@ TASKS = {
         gpusq='swin_cls_tiny_gpusq.py',
         metric='accuracy/top1',
         data='cls',
+        extra_rows=EXTRA_ROWS,
         deploy=dict(part='full', shape=(1, 3, 64, 64)),
     ),
 }
