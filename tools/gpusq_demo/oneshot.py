@@ -25,7 +25,7 @@ def oneshot_checkpoint(gpusq_config: str, dense_ckpt: str, out: str) -> str:
 
     Raises:
         RuntimeError: the dense checkpoint does not fit the student (one of
-            its parameters is missing, or an extra key is there).
+            its parameters is missing, an extra key or another shape).
     """
     import io
 
@@ -49,17 +49,23 @@ def oneshot_checkpoint(gpusq_config: str, dense_ckpt: str, out: str) -> str:
         model = MODELS.build(cfg.model)
     ckpt = _load_checkpoint(dense_ckpt, map_location='cpu')
     state = ckpt.get('state_dict', ckpt)
-    result = model.architecture.load_state_dict(state, strict=False)
-    # masks and quantizer state are the student's own, not the dense model's
-    missing = sorted(
-        k for k, _ in model.architecture.named_parameters() if k not in state
+    # checked before loading: a model's own load hooks (e.g. Swin's
+    # relative-position resizing) fail obscurely on a foreign checkpoint.
+    # Masks and quantizer state are the student's own, not the dense one's.
+    own = model.architecture.state_dict()
+    params = dict(model.architecture.named_parameters())
+    missing = sorted(k for k in params if k not in state)
+    extra = sorted(k for k in state if k not in own)
+    shapes = sorted(
+        k for k in state if k in own and own[k].shape != state[k].shape
     )
-    if missing or result.unexpected_keys:
+    if missing or extra or shapes:
         raise RuntimeError(
             f'{dense_ckpt} does not fit the student of {gpusq_config}: '
-            f'missing {missing[:5]}, unexpected '
-            f'{result.unexpected_keys[:5]}'
+            f'missing {missing[:5]}, unexpected {extra[:5]}, other shapes '
+            f'{shapes[:5]}'
         )
+    model.architecture.load_state_dict(state, strict=False)
     pruned = compute_masks(model.architecture)
     if not pruned:
         raise RuntimeError(f'{gpusq_config} selects no layer for 2:4')
