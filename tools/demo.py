@@ -1,6 +1,7 @@
 """Offline demo of the whole GPUSQ method on generated data.
 
-    python tools/demo.py --work-dir work_dirs/demo [--quick] [--tasks det]
+    python tools/demo.py --work-dir work_dirs/demo [--quick [--all-rows]]
+        [--tasks det]
 
 For each task (det: tiny Swin Mask R-CNN, seg: tiny Swin UperNet, cls: tiny
 Swin classifier) it
@@ -73,7 +74,8 @@ def parse_args(argv=None):
     parser.add_argument(
         '--quick',
         action='store_true',
-        help='fewer iterations and images, same stages (CI)',
+        help='fewer iterations and images, without the extra training rows '
+        '(see --all-rows) (CI)',
     )
     parser.add_argument(
         '--tasks', nargs='+', default=list(TASKS), choices=list(TASKS)
