@@ -1,6 +1,7 @@
 """Offline demo of the whole GPUSQ method on generated data.
 
-    python tools/demo.py --work-dir work_dirs/demo [--quick] [--tasks det]
+    python tools/demo.py --work-dir work_dirs/demo [--quick [--all-rows]]
+        [--tasks det]
 
 For each task (det: tiny Swin Mask R-CNN, seg: tiny Swin UperNet, cls: tiny
 Swin classifier) it
@@ -14,12 +15,26 @@ Swin classifier) it
    final one ``sparse24_int8``;
 3. runs the same 2:4 fine-tune without KD (``sparse24_nokd``, the
    ablation);
+4. evaluates the dense weights with 2:4 magnitude masks and no fine-tune
+   (``sparse24_oneshot``: the damage the fine-tune has to recover) with
+   ``tools/test.py``;
+5. full demo only (``--quick``: with ``--all-rows``), for cls and seg: the
+   extra training rows ``sparse24_labelfree`` (stage 1 with the teacher's
+   predictions instead of the labels, the ``sparse24`` budget),
+   ``sparse24_int4`` and ``sparse24_int4_uniform`` (the whole pipeline with
+   INT4 QAT, with / without the per-layer feature-KD weight factors, the
+   ``sparse24_int8`` budget);
 
 and writes ``results.json`` (one row per task and stage), ``results.png``
-and prints the table. Every run is a plain ``tools/train.py`` subprocess
+and prints the table. The final student's row also gets its ONNX numbers:
+file size and onnxruntime latency of the FP32 export vs the 2:4+INT8 one
+(``onnx_fp32_mb`` / ``onnx_int8_mb`` / ``onnx_fp32_ms`` / ``onnx_int8_ms``;
+the detector exports its backbone+neck, the others the whole model).
+Every run is a plain ``tools/train.py`` (or ``tools/test.py``) subprocess
 with its own work dir, log and checkpoints under ``--work-dir``. The parts
-(tasks and schedules, config preparation, runs, results) live in
-``tools/gpusq_demo/``; this file is the command line and the sequence.
+(tasks and schedules, config preparation, runs, one-shot pruning, results)
+live in ``tools/gpusq_demo/``; this file is the command line and the
+sequence.
 """
 
 import argparse
@@ -31,16 +46,20 @@ import time
 from typing import Dict, List
 
 from gpusq_demo.configs import _iter_based, prepare_config  # noqa: F401
+from gpusq_demo.oneshot import oneshot_checkpoint
 from gpusq_demo.results import (  # noqa: F401
+    measure_model,
     metric_at,
     read_val_metrics,
     size_mb,
     table,
     write_results,
 )
-from gpusq_demo.runs import last_checkpoint, log, run
+from gpusq_demo.runs import evaluate, last_checkpoint, log, run
 from gpusq_demo.schedules import (  # noqa: F401
     DEMO_CFG,
+    DEPLOY_RUNS,
+    EXTRA_RUNS,
     ROOT,
     RUN_ORDER,
     SCHEDULES,
@@ -55,12 +74,20 @@ def parse_args(argv=None):
     parser.add_argument(
         '--quick',
         action='store_true',
-        help='fewer iterations and images, same stages (CI)',
+        help='fewer iterations and images, without the extra training rows '
+        '(see --all-rows) (CI)',
     )
     parser.add_argument(
         '--tasks', nargs='+', default=list(TASKS), choices=list(TASKS)
     )
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument(
+        '--all-rows',
+        action='store_true',
+        help='with --quick: also run the extra training rows '
+        '(sparse24_labelfree, sparse24_int4, sparse24_int4_uniform; cls '
+        'and seg), which only the full demo runs by default',
+    )
     return parser.parse_args(argv)
 
 
@@ -71,6 +98,7 @@ def main(argv=None) -> List[dict]:
     py = sys.executable
     t_start = time.time()
     mode = 'quick' if args.quick else 'full'
+    extra = args.all_rows or not args.quick
     train = osp.join(ROOT, 'tools', 'train.py')
 
     from gpusq_mm.datasets.generate import generate_task
@@ -180,6 +208,43 @@ def main(argv=None) -> List[dict]:
             osp.join(tdir, 'nokd.log'),
         )
 
+        # 4. one-shot: the dense weights, 2:4-pruned, no fine-tune
+        log(f'[{task}] 2:4 masks on the dense weights, no fine-tune')
+        oneshot_dir = osp.join(tdir, 'sparse24_oneshot')
+        os.makedirs(oneshot_dir, exist_ok=True)
+        oneshot_ckpt = oneshot_checkpoint(
+            gpusq_cfg, dense_ckpt, osp.join(oneshot_dir, 'oneshot.pth')
+        )
+        oneshot_metrics = evaluate(
+            py,
+            gpusq_cfg,
+            oneshot_ckpt,
+            oneshot_dir,
+            osp.join(tdir, 'oneshot.log'),
+        )
+
+        # 5. the extra rows (full demo): label-free, INT4 with / without
+        # the per-layer factors, each a gpusq run with model overrides
+        extra_runs = {}
+        for stage in spec['extra_rows'] if extra else ():
+            how = EXTRA_RUNS[stage]
+            cfg = prepare_config(
+                osp.join(DEMO_CFG, spec['gpusq']),
+                osp.join(tdir, f'{stage}.py'),
+                data_root,
+                args.seed,
+                stages=sched,
+                teacher_ckpt=dense_ckpt,
+                model=how['model'],
+                qat=how['qat'],
+            )
+            log(f'[{task}] extra row {stage}: {how["model"]}')
+            run(
+                [py, train, cfg, '--work-dir', osp.join(tdir, stage)],
+                osp.join(tdir, f'{stage}.log'),
+            )
+            extra_runs[stage] = (cfg, osp.join(tdir, stage), how['qat'])
+
         key = spec['metric']
         gpusq_val = read_val_metrics(gpusq_dir)
         if len(gpusq_val) != 2:  # end of stage 1, end of QAT
@@ -187,35 +252,54 @@ def main(argv=None) -> List[dict]:
                 f'expected 2 validations in {gpusq_dir}, got {len(gpusq_val)}'
             )
         nokd_ckpt = last_checkpoint(nokd_dir)
-        sparse_mb = size_mb(nokd_cfg, nokd_ckpt)
+        sparse = measure_model(nokd_cfg, nokd_ckpt)
+        # the final student: its FP32 and 2:4+INT8 ONNX exports too
+        final = measure_model(
+            gpusq_cfg,
+            last_checkpoint(gpusq_dir),
+            deploy=dict(
+                spec['deploy'],
+                out_dir=osp.join(tdir, 'onnx'),
+                runs=DEPLOY_RUNS[mode],
+            ),
+        )
         results = [
             (
                 'dense',
                 metric_at(read_val_metrics(dense_dir), key),
-                size_mb(dense_cfg, dense_ckpt),
+                measure_model(dense_cfg, dense_ckpt),
             ),
-            ('sparse24', metric_at(gpusq_val, key, 0), sparse_mb),
+            (
+                'sparse24_oneshot',
+                metric_at([oneshot_metrics], key),
+                measure_model(gpusq_cfg, oneshot_ckpt),
+            ),
+            ('sparse24', metric_at(gpusq_val, key, 0), sparse),
             (
                 'sparse24_nokd',
                 metric_at(read_val_metrics(nokd_dir), key),
-                sparse_mb,
+                sparse,
             ),
-            (
-                'sparse24_int8',
-                metric_at(gpusq_val, key),
-                size_mb(gpusq_cfg, last_checkpoint(gpusq_dir)),
-            ),
+            ('sparse24_int8', metric_at(gpusq_val, key), final),
         ]
-        for stage, value, mb in results:
-            rows.append(
-                dict(
-                    task=task,
-                    stage=stage,
-                    metric=key,
-                    value=value,
-                    size_mb=round(mb, 4),
+        for stage, (cfg, run_dir, qat) in extra_runs.items():
+            val = read_val_metrics(run_dir)
+            if len(val) != (2 if qat else 1):
+                raise RuntimeError(
+                    f'expected {2 if qat else 1} validation(s) in {run_dir}, '
+                    f'got {len(val)}'
+                )
+            results.append(
+                (
+                    stage,
+                    metric_at(val, key),
+                    measure_model(cfg, last_checkpoint(run_dir)),
                 )
             )
+        for stage, value, measured in results:
+            row = dict(task=task, stage=stage, metric=key, value=value)
+            row.update(measured, size_mb=round(measured['size_mb'], 4))
+            rows.append(row)
         rows.sort(
             key=lambda r: (
                 list(TASKS).index(r['task']),

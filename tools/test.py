@@ -10,6 +10,7 @@ are those of the compressed model; no teacher is built or needed.
 """
 
 import argparse
+import numbers
 import os
 import os.path as osp
 
@@ -90,7 +91,8 @@ def main(argv=None):
         _atomic_write_bytes(
             json.dumps(
                 {
-                    k: float(v) if isinstance(v, (int, float)) else v
+                    # numpy scalars too (mmseg's mIoU is a numpy float32)
+                    k: float(v) if isinstance(v, numbers.Real) else v
                     for k, v in metrics.items()
                 },
                 indent=2,

@@ -48,6 +48,78 @@ def test_full_schedule_is_the_demo_configs_defaults():
         ), task
 
 
+QUICK_STAGES = (
+    'dense',
+    'sparse24_oneshot',
+    'sparse24',
+    'sparse24_nokd',
+    'sparse24_int8',
+)
+DEPLOY = ('onnx_fp32_mb', 'onnx_int8_mb', 'onnx_fp32_ms', 'onnx_int8_ms')
+
+
+def test_quick_runs_the_extra_rows_only_when_asked():
+    """The extra training rows are full-demo rows; --help says so."""
+    demo = _import_demo()
+    assert set(demo.STAGES) == set(QUICK_STAGES) | set(demo.EXTRA_RUNS)
+    assert demo.TASKS['det']['extra_rows'] == ()
+    for task in ('cls', 'seg'):
+        assert set(demo.TASKS[task]['extra_rows']) == {
+            'sparse24_labelfree',
+            'sparse24_int4',
+            'sparse24_int4_uniform',
+        }
+    runs = demo.EXTRA_RUNS
+    # equal budgets: label-free = stage 1 (as sparse24), INT4 = the whole
+    # pipeline (as sparse24_int8), with and without the layer factors
+    assert runs['sparse24_labelfree']['qat'] is False
+    assert runs['sparse24_labelfree']['model']['distill'] == dict(
+        hard='teacher'
+    )
+    assert runs['sparse24_int4']['model'] == dict(quantization='int4')
+    assert runs['sparse24_int4_uniform']['model'] == dict(
+        quantization='int4', distill=dict(weighting=dict(mode='uniform'))
+    )
+    assert not demo.parse_args(['--quick']).all_rows
+    assert demo.parse_args(['--quick', '--all-rows']).all_rows
+
+
+def test_extra_row_configs(tmp_path, cls_data_root):
+    """The prepared configs carry the overrides and a matching schedule."""
+    from mmengine.config import Config
+
+    demo = _import_demo()
+    spec, sched = demo.TASKS['cls'], demo.SCHEDULES['quick']['cls']
+    got = {}
+    for stage, how in demo.EXTRA_RUNS.items():
+        path = demo.prepare_config(
+            osp.join(demo.DEMO_CFG, spec['gpusq']),
+            str(tmp_path / f'{stage}.py'),
+            cls_data_root,
+            seed=0,
+            stages=sched,
+            teacher_ckpt='dense.pth',
+            model=how['model'],
+            qat=how['qat'],
+        )
+        got[stage] = Config.fromfile(path)
+    free = got['sparse24_labelfree']
+    assert free.model.distill.hard == 'teacher'
+    assert free.model.quantization is None
+    assert free.train_cfg.max_epochs == sched['stage1']
+    hook = [h for h in free.custom_hooks if h['type'].endswith('GPUSQHook')]
+    assert 'qat_begin_epoch' not in hook[0]
+    for stage in ('sparse24_int4', 'sparse24_int4_uniform'):
+        cfg = got[stage]
+        assert cfg.model.quantization == 'int4'
+        assert cfg.train_cfg.max_epochs == sched['stage1'] + sched['qat']
+        assert cfg.model.teacher.checkpoint == 'dense.pth'
+    assert got['sparse24_int4_uniform'].model.distill.weighting.mode == (
+        'uniform'
+    )
+    assert 'distill' not in got['sparse24_int4'].model
+
+
 @pytest.mark.slow
 def test_demo_quick_writes_all_rows(tmp_path):
     demo = _import_demo()
@@ -55,24 +127,40 @@ def test_demo_quick_writes_all_rows(tmp_path):
     with open(tmp_path / 'results.json') as f:
         saved = json.load(f)
     assert saved == rows
-    assert len(rows) == 12
+    assert len(rows) == 15
     assert {(r['task'], r['stage']) for r in rows} == {
-        (t, s) for t in ('det', 'seg', 'cls') for s in demo.STAGES
+        (t, s) for t in ('det', 'seg', 'cls') for s in QUICK_STAGES
     }
     metrics = {'det': 'coco/bbox_mAP', 'seg': 'mIoU', 'cls': 'accuracy/top1'}
     for r in rows:
-        assert set(r) == {'task', 'stage', 'metric', 'value', 'size_mb'}
+        base = {'task', 'stage', 'metric', 'value', 'size_mb'}
+        if r['stage'] == 'sparse24_int8':  # the final student: exported
+            assert set(r) == base | set(DEPLOY) | {'onnx_cosine'}
+        else:
+            assert set(r) == base
         assert r['metric'] == metrics[r['task']]
         assert isinstance(r['value'], float) and r['value'] >= 0
         assert r['size_mb'] > 0
     size = {(r['task'], r['stage']): r['size_mb'] for r in rows}
     for task in ('det', 'seg', 'cls'):
-        # 2:4 saves storage, INT8 saves more
+        # 2:4 saves storage (one-shot too), INT8 saves more
         assert size[task, 'sparse24'] < size[task, 'dense']
+        assert size[task, 'sparse24_oneshot'] == size[task, 'sparse24']
         assert size[task, 'sparse24_int8'] < size[task, 'sparse24']
+    final = {r['task']: r for r in rows if r['stage'] == 'sparse24_int8'}
+    for task, r in final.items():
+        # the ONNX files: INT8 (weights int8, 2:4 pruned values still
+        # stored) well under FP32; latencies measured; the INT8 export
+        # computes what the fake-quant student computes
+        assert 0 < r['onnx_int8_mb'] < 0.5 * r['onnx_fp32_mb'], task
+        assert r['onnx_fp32_ms'] > 0 and r['onnx_int8_ms'] > 0, task
+        assert r['onnx_cosine'] > 0.99, task
+    # the ONNX columns are in the printed table
+    assert 'int8 MB' in demo.table(rows).splitlines()[0]
     assert (tmp_path / 'results.png').stat().st_size > 10_000
     for task in ('det', 'seg', 'cls'):
         assert osp.isfile(tmp_path / task / 'gpusq' / 'student_final.pth')
+        assert osp.isfile(tmp_path / task / 'onnx' / 'quant.onnx')
 
 
 def test_detector_backbone_starts_from_the_seg_model(
@@ -117,3 +205,57 @@ def test_detector_backbone_starts_from_the_seg_model(
     assert set(got) == set(want)
     for key, value in want.items():
         assert torch.equal(got[key], value), key
+
+
+def test_oneshot_checkpoint_is_the_dense_model_2to4_pruned(
+    tmp_path, dense_checkpoint
+):
+    """The one-shot row's weights: the dense ones, magnitude 2:4, no more."""
+    import torch
+
+    from gpusq_mm.sparsity import compute_2to4_mask, is_2to4
+
+    demo = _import_demo()
+    spec = demo.TASKS['cls']
+    dense, ckpt = dense_checkpoint(
+        osp.join(demo.DEMO_CFG, spec['dense']),
+        str(tmp_path / 'dense.pth'),
+        seed=3,
+    )
+    out = demo.oneshot_checkpoint(
+        osp.join(demo.DEMO_CFG, spec['gpusq']),
+        ckpt,
+        str(tmp_path / 'oneshot.pth'),
+    )
+    state = torch.load(out, map_location='cpu', weights_only=False)[
+        'state_dict'
+    ]
+    assert int(state['gpusq_stage']) == 1  # a stage-1 (sparse) student
+    masks = [k for k in state if k.endswith('.sparsity_mask')]
+    assert len(masks) > 10
+    pruned = 0
+    for key, want in dense.state_dict().items():
+        got = state['architecture.' + key]
+        mask_key = 'architecture.' + key[: -len('weight')] + 'sparsity_mask'
+        if key.endswith('.weight') and mask_key in state:
+            # magnitude masks: the 2 largest of every 4 kept, unchanged
+            mask = state[mask_key]
+            assert torch.equal(mask, compute_2to4_mask(want)), key
+            assert torch.equal(got, want * mask) and is_2to4(got), key
+            pruned += 1
+        else:
+            assert torch.equal(got, want), key
+    assert pruned == len(masks)
+    # a dense checkpoint of another model is refused, naming both files
+    seg, seg_ckpt = dense_checkpoint(
+        osp.join(demo.DEMO_CFG, demo.TASKS['seg']['dense']),
+        str(tmp_path / 'seg.pth'),
+        seed=3,
+    )
+    with pytest.raises(RuntimeError, match='does not fit the student'):
+        demo.oneshot_checkpoint(
+            osp.join(demo.DEMO_CFG, spec['gpusq']),
+            seg_ckpt,
+            str(tmp_path / 'bad.pth'),
+        )
+    assert not osp.exists(tmp_path / 'bad.pth')

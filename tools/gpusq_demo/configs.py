@@ -83,7 +83,9 @@ def _set_gpusq_schedule(cfg, stage1: int, qat: int, use_qat: bool) -> None:
         if hook['type'].endswith('GPUSQHook'):
             for key in ('qat_ratio', 'qat_begin_epoch', 'qat_begin_iter'):
                 hook.pop(key, None)
-            hook['qat_begin_epoch' if by_epoch else 'qat_begin_iter'] = stage1
+            if use_qat:  # else no QAT start (the model is not quantized)
+                begin = 'qat_begin_epoch' if by_epoch else 'qat_begin_iter'
+                hook[begin] = stage1
 
 
 def prepare_config(
@@ -96,11 +98,17 @@ def prepare_config(
     teacher_ckpt: Optional[str] = None,
     kd: bool = True,
     backbone_ckpt: Optional[str] = None,
+    model: Optional[dict] = None,
+    qat: Optional[bool] = None,
 ) -> str:
     """Load ``src``, adapt it to this demo run and dump it to ``dst``.
 
     ``backbone_ckpt``: a checkpoint whose ``backbone.*`` weights initialise
-    the model's backbone (MMEngine ``Pretrained`` init).
+    the model's backbone (MMEngine ``Pretrained`` init). ``model``:
+    overrides merged into the (gpusq) model config, e.g.
+    ``dict(quantization='int4')``. ``qat``: the run has the QAT stage
+    (default: with KD only; False: stage 1 alone, for an unquantized
+    model).
     """
     from mmengine.config import Config
 
@@ -114,7 +122,12 @@ def prepare_config(
             type='Pretrained', checkpoint=backbone_ckpt, prefix='backbone.'
         )
     if stages is not None:
-        _set_gpusq_schedule(cfg, stages['stage1'], stages['qat'], use_qat=kd)
+        use_qat = kd if qat is None else qat
+        if use_qat and not kd:
+            raise ValueError('the QAT stage needs KD (the gpusq model)')
+        _set_gpusq_schedule(
+            cfg, stages['stage1'], stages['qat'], use_qat=use_qat
+        )
         cfg.load_from = teacher_ckpt
         if kd:
             cfg.model.teacher.checkpoint = teacher_ckpt
@@ -126,5 +139,9 @@ def prepare_config(
                 for h in cfg.custom_hooks
                 if not h['type'].endswith('GPUSQHook')
             ] + [dict(type='gpusq_mm.SparsityHook')]
+    if model:
+        if not kd:
+            raise ValueError('model overrides apply to the gpusq model only')
+        cfg.merge_from_dict(dict(model=model))
     cfg.dump(dst)
     return dst

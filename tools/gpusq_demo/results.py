@@ -1,18 +1,18 @@
 """Metrics of the runs, size of the deployable model, the result files.
 
 :func:`measure_model` is where a run's checkpoint is measured for the
-table; it computes the deployable weight size today, and is the place to
-plug the deployment measurement (ONNX export + onnxruntime parity /
-latency: ``gpusq_mm.deploy.export_and_measure``) into the demo.
+table: the deployable weight size of every row and, for the final student
+(``deploy=...``), its ONNX exports (FP32 vs 2:4+INT8: file size and
+onnxruntime latency, with ``gpusq_mm.deploy.export_and_measure``).
 """
 
 import json
 import os
 import os.path as osp
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .runs import log
-from .schedules import STAGES, TASKS
+from .schedules import STAGE_LABELS, STAGES, TASKS
 
 
 def read_val_metrics(work_dir: str) -> List[Dict[str, float]]:
@@ -56,13 +56,66 @@ def metric_at(
     return float(metrics[index][key])
 
 
-def measure_model(config: str, checkpoint: str) -> Dict[str, float]:
-    """What the demo reports about a run's model (``size_mb`` today)."""
+# the ONNX numbers a row gains (the final student's), table headers
+DEPLOY_KEYS = {
+    'onnx_fp32_mb': 'fp32 MB',
+    'onnx_int8_mb': 'int8 MB',
+    'onnx_fp32_ms': 'fp32 ms',
+    'onnx_int8_ms': 'int8 ms',
+}
+
+
+def measure_model(
+    config: str,
+    checkpoint: str,
+    deploy: Optional[dict] = None,
+) -> Dict[str, float]:
+    """What the demo reports about a run's model.
+
+    Args:
+        config (str): the run's config.
+        checkpoint (str): its checkpoint.
+        deploy (dict, optional): ``out_dir``, ``part``, ``shape``, ``runs``
+            of :func:`gpusq_mm.deploy.export_and_measure`; when given, the
+            FP32 and the quantized ONNX export are measured too.
+
+    Returns:
+        dict: ``size_mb`` (deployable weights) and, with ``deploy``, the
+        :data:`DEPLOY_KEYS` (ONNX file sizes in MiB, onnxruntime median
+        latencies in ms, 2 threads) and ``onnx_cosine`` (the quantized
+        export vs the fake-quant PyTorch model).
+    """
     from gpusq_mm.utils.model_io import load_model
     from gpusq_mm.utils.model_size import deploy_size_mb
 
     model = load_model(config, checkpoint, student=True)
-    return dict(size_mb=float(deploy_size_mb(model)))
+    out = dict(size_mb=float(deploy_size_mb(model)))
+    if deploy is not None:
+        from gpusq_mm.deploy import export_and_measure
+
+        res = export_and_measure(
+            config,
+            checkpoint,
+            deploy['out_dir'],
+            part=deploy['part'],
+            shape=deploy['shape'],
+            threads=2,
+            runs=deploy['runs'],
+            act_dtype='uint8',
+            log=log,
+        )
+        if res['file_mb'] is None:
+            raise RuntimeError(
+                f'{checkpoint}: the student is not quantized, no INT8 export'
+            )
+        out.update(
+            onnx_fp32_mb=round(res['fp32_file_mb'], 4),
+            onnx_int8_mb=round(res['file_mb'], 4),
+            onnx_fp32_ms=round(res['fp32_ort_latency_ms'], 3),
+            onnx_int8_ms=round(res['ort_latency_ms'], 3),
+            onnx_cosine=round(res['cosine'], 5),
+        )
+    return out
 
 
 def size_mb(config: str, checkpoint: str) -> float:
@@ -78,29 +131,34 @@ def plot(rows: List[dict], path: str) -> None:
 
     tasks = [t for t in TASKS if any(r['task'] == t for r in rows)]
     fig, axes = plt.subplots(
-        1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False
+        1, len(tasks), figsize=(4.8 * len(tasks), 4.2), squeeze=False
     )
-    colors = ['#4c72b0', '#55a868', '#c44e52', '#8172b2']
+    colors = plt.get_cmap('tab10').colors
     for ax, task in zip(axes[0], tasks):
         by_stage = {r['stage']: r for r in rows if r['task'] == task}
-        values = [
-            by_stage[s]['value'] if s in by_stage else 0.0 for s in STAGES
-        ]
-        bars = ax.bar(range(len(STAGES)), values, color=colors)
-        for bar, stage in zip(bars, STAGES):
-            if stage in by_stage:
-                r = by_stage[stage]
-                ax.text(
-                    bar.get_x() + bar.get_width() / 2,
-                    bar.get_height(),
-                    f'{r["value"]:.3f}\n{r["size_mb"]:.2f} MB',
-                    ha='center',
-                    va='bottom',
-                    fontsize=8,
-                )
-        ax.set_xticks(range(len(STAGES)))
+        stages = [s for s in STAGES if s in by_stage]
+        values = [by_stage[s]['value'] for s in stages]
+        bars = ax.bar(
+            range(len(stages)),
+            values,
+            color=[colors[STAGES.index(s) % len(colors)] for s in stages],
+        )
+        for bar, stage in zip(bars, stages):
+            r = by_stage[stage]
+            ax.text(
+                bar.get_x() + bar.get_width() / 2,
+                bar.get_height(),
+                f'{r["value"]:.3f}\n{r["size_mb"]:.2f} MB',
+                ha='center',
+                va='bottom',
+                fontsize=7,
+            )
+        ax.set_xticks(range(len(stages)))
         ax.set_xticklabels(
-            ['dense', '2:4+KD', '2:4 no KD', '2:4+INT8'], fontsize=9
+            [STAGE_LABELS[s] for s in stages],
+            fontsize=8,
+            rotation=30,
+            ha='right',
         )
         metric = next(r['metric'] for r in rows if r['task'] == task)
         ax.set_title(f'{task}: {metric}')
@@ -113,10 +171,12 @@ def plot(rows: List[dict], path: str) -> None:
 
 
 def table(rows: List[dict]) -> str:
-    lines = [
-        f'{"task":5} {"stage":15} {"metric":15} {"value":>8} '
+    """The printed table; the ONNX columns are '-' where not measured."""
+    head = (
+        f'{"task":5} {"stage":21} {"metric":15} {"value":>8} '
         f'{"size_mb":>8} {"vs dense":>9}'
-    ]
+    )
+    lines = [head + ''.join(f' {h:>8}' for h in DEPLOY_KEYS.values())]
     dense = {r['task']: r['value'] for r in rows if r['stage'] == 'dense'}
     for r in rows:
         ratio = (
@@ -125,9 +185,13 @@ def table(rows: List[dict]) -> str:
             else float('nan')
         )
         lines.append(
-            f'{r["task"]:5} {r["stage"]:15} {r["metric"]:15} '
+            f'{r["task"]:5} {r["stage"]:21} {r["metric"]:15} '
             f'{r["value"]:8.4f} {r["size_mb"]:8.3f} '
             f'{100 * ratio:8.1f}%'
+            + ''.join(
+                f' {r[k]:8.3f}' if r.get(k) is not None else f' {"-":>8}'
+                for k in DEPLOY_KEYS
+            )
         )
     return '\n'.join(lines)
 

@@ -51,3 +51,27 @@ def last_checkpoint(work_dir: str) -> str:
         raise FileNotFoundError(f'no checkpoint was written in {work_dir}')
     with open(path) as f:
         return f.read().strip()
+
+
+def evaluate(
+    py: str, config: str, checkpoint: str, work_dir: str, log_file: str
+) -> dict:
+    """``tools/test.py config checkpoint``: the metrics it dumps."""
+    import json
+
+    out = osp.join(work_dir, 'metrics.json')
+    run(
+        [
+            py,
+            osp.join(ROOT, 'tools', 'test.py'),
+            config,
+            checkpoint,
+            '--work-dir',
+            work_dir,
+            '--out',
+            out,
+        ],
+        log_file,
+    )
+    with open(out) as f:
+        return json.load(f)

@@ -5,6 +5,29 @@ import os.path as osp
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CFG = osp.join(ROOT, 'configs', 'gpusq', 'demo')
 
+# The extra training rows (full demo only, or --all-rows): each is the
+# task's gpusq config with these ``model`` overrides; ``qat``: the run has
+# the QAT stage (stage 1 + QAT, as ``sparse24_int8``) or stops after stage 1
+# (as ``sparse24``), so that each row has the budget of the row it is
+# compared with.
+EXTRA_RUNS = {
+    # label-free: the teacher's predictions replace the ground truth
+    'sparse24_labelfree': dict(
+        model=dict(distill=dict(hard='teacher'), quantization=None),
+        qat=False,
+    ),
+    # INT4 QAT with the per-layer feature-KD weight factors (the default)
+    'sparse24_int4': dict(model=dict(quantization='int4'), qat=True),
+    # the same without them (every layer weighted 1)
+    'sparse24_int4_uniform': dict(
+        model=dict(
+            quantization='int4', distill=dict(weighting=dict(mode='uniform'))
+        ),
+        qat=True,
+    ),
+}
+EXTRA_ROWS = tuple(EXTRA_RUNS)
+
 # task -> (dense config, gpusq config, main metric, data subfolder)
 TASKS = {
     'det': dict(
@@ -19,21 +42,43 @@ TASKS = {
         # detector at 0.001-0.014 bbox mAP (its loss stalls); from the seg
         # backbone it learns.
         backbone_from='seg',
+        # no extra rows: two more INT4 pipelines of the detector would take
+        # the full demo past 30 min on a 2-core CPU
+        extra_rows=(),
+        # the exported part of the final student and its input shape
+        deploy=dict(part='backbone+neck', shape=(1, 3, 320, 320)),
     ),
     'seg': dict(
         dense='swin_upernet_tiny_dense.py',
         gpusq='swin_upernet_tiny_gpusq.py',
         metric='mIoU',
         data='ade',
+        extra_rows=EXTRA_ROWS,
+        # UperNet's pyramid pooling (1, 2, 3, 6) needs the stride-32 map to
+        # be a multiple of 6 for the ONNX exporter: 192 = 6 x 32
+        deploy=dict(part='full', shape=(1, 3, 192, 192)),
     ),
     'cls': dict(
         dense='swin_cls_tiny_dense.py',
         gpusq='swin_cls_tiny_gpusq.py',
         metric='accuracy/top1',
         data='cls',
+        extra_rows=EXTRA_ROWS,
+        deploy=dict(part='full', shape=(1, 3, 64, 64)),
     ),
 }
-STAGES = ('dense', 'sparse24', 'sparse24_nokd', 'sparse24_int8')
+# row -> short label (plot), in table order
+STAGE_LABELS = {
+    'dense': 'dense',
+    'sparse24_oneshot': '2:4 one-shot',
+    'sparse24_nokd': '2:4 no KD',
+    'sparse24': '2:4+KD',
+    'sparse24_labelfree': '2:4+KD no labels',
+    'sparse24_int8': '2:4+INT8',
+    'sparse24_int4': '2:4+INT4',
+    'sparse24_int4_uniform': '2:4+INT4 uniform',
+}
+STAGES = tuple(STAGE_LABELS)
 # seg first: its dense model initialises the detector's backbone
 RUN_ORDER = ('seg', 'det', 'cls')
 
@@ -59,3 +104,6 @@ SCHEDULES = {
         'cls': dict(dense=6, stage1=3, qat=1, data=(120, 30)),
     },
 }
+
+# timed onnxruntime runs (median) of each ONNX export of the final student
+DEPLOY_RUNS = {'full': 20, 'quick': 5}
