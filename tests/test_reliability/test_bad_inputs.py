@@ -219,6 +219,24 @@ def test_nan_loss_during_qat_stops_and_keeps_last_checkpoint(tmp_path):
     )
 
 
+def test_gpusq_hook_runs_the_qat_loss_check():
+    """GPUSQHook (it needs a GPUSQ model, so no toy Runner here) hands
+    every step's outputs to its QATHook's non-finite-loss check."""
+    from gpusq_mm.engine.hooks import GPUSQHook
+
+    calls = []
+
+    class _Spy:
+        def after_train_iter(self, *args):
+            calls.append(args)
+
+    hook = GPUSQHook(qat_begin_iter=2)
+    hook.sparsity, hook.qat = None, _Spy()
+    outputs = dict(loss=torch.tensor(float('nan')))
+    hook.after_train_iter('runner', 3, None, outputs)
+    assert calls == [('runner', 3, None, outputs)]
+
+
 def test_nan_loss_with_finite_weights_goes_on(tmp_path):
     runner = toy_runner(
         tmp_path,

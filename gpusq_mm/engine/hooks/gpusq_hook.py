@@ -286,11 +286,14 @@ class GPUSQHook(Hook):
     def after_train_iter(
         self, runner, batch_idx: int, data_batch=None, outputs=None
     ) -> None:
-        """Re-apply the masks after the optimizer step."""
+        """Re-apply the masks after the optimizer step; stop on a
+        non-finite QAT loss before a checkpoint can save it."""
         if self.sparsity is not None:
             self.sparsity.after_train_iter(
                 runner, batch_idx, data_batch, outputs
             )
+        if self.qat is not None:
+            self.qat.after_train_iter(runner, batch_idx, data_batch, outputs)
         if self._resync_ema:
             _match_ema_buffers(runner)
             self._resync_ema = False
