@@ -180,3 +180,12 @@ def test_misuse_is_refused(tmp_path, cls_data_root):
     cfg.custom_hooks = [dict(type='gpusq_mm.SparsityHook', in_align=32)]
     with pytest.raises(ValueError, match='would be ignored'):
         Runner.from_cfg(cfg).train()
+    # the model's permutation search settings, under a plain SparsityHook
+    # that permutes with its own (default) search
+    cfg = gpusq_run(cls_data_root, str(tmp_path / 'search'), qat_ratio=0.5)
+    cfg.model.sparsity = dict(
+        permute=True, permute_search=dict(num_passes=2, patience=1)
+    )
+    cfg.custom_hooks = [dict(type='gpusq_mm.SparsityHook', permute=True)]
+    with pytest.raises(ValueError, match='this hook would ignore'):
+        Runner.from_cfg(cfg).train()

@@ -200,10 +200,19 @@ class SparsityHook(Hook):
         student = get_student(runner.model)
         options = getattr(unwrap(runner.model), 'sparsity_options', {})
         asked = {k: v for k, v in options.items() if v} if options else {}
-        if asked and (self.permute, self.mask_grad) != (
-            bool(options['permute']),
-            bool(options['mask_grad']),
-        ):
+        mine = dict(
+            permute=bool(self.permute),
+            permute_pairs=self.permute_pairs,
+            permute_search=self.permute_search or None,
+            mask_grad=self.mask_grad,
+        )
+        theirs = dict(
+            permute=bool(options.get('permute')),
+            permute_pairs=options.get('permute_pairs'),
+            permute_search=dict(options.get('permute_search') or {}) or None,
+            mask_grad=bool(options.get('mask_grad')),
+        )
+        if asked and mine != theirs:
             raise ValueError(
                 f'SparsityHook: model.sparsity sets {asked}, which this hook '
                 'would ignore; use gpusq_mm.GPUSQHook (it reads them)'
