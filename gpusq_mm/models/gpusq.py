@@ -322,8 +322,8 @@ class GPUSQ(BaseModel):
         returns without reading the buffer (``int()`` of a CUDA tensor would
         synchronize the device every step).
         """
-        if self._past_dense:
-            return
+        if self._past_dense or not self.sparse_layers:
+            return  # no masks to wait for without 2:4 layers
         if self.stage != 0:
             self._past_dense = True
             return
