@@ -20,7 +20,7 @@ of each ``reg_branches.<i>`` MLP of Deformable DETR / DINO), mmseg's
 """
 
 import re
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch.nn as nn
 
@@ -105,6 +105,3 @@ def default_excluded(
         elif any(p.search(name) for p in others):
             out.setdefault(name, 'default exclude')
     return out
-
-
-FilterFn = Callable[[nn.Module, str], bool]

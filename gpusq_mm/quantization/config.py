@@ -141,12 +141,6 @@ class QuantConfig:
         """Plain-dict form (for logs)."""
         return asdict(self)
 
-    @property
-    def skip_patterns(self) -> Tuple[str, ...]:
-        """The module-name regexes to skip (defaults + ``exclude``)."""
-        base = DEFAULT_SKIP if self.use_default_exclude else ()
-        return tuple(base) + tuple(self.exclude)
-
 
 _CALIB_DEFAULTS = dict(
     method='percentile',

@@ -139,9 +139,6 @@ class LayerDecision:
     extra: dict = field(default_factory=dict)
 
 
-_type_matches = type_matches
-
-
 def layer_kind(module: nn.Module) -> Optional[str]:
     """``'linear'``, ``'conv2d'`` or ``None`` for a module.
 
@@ -173,7 +170,7 @@ def _decide(
     extra_type = (
         kind is None
         and isinstance(getattr(module, 'weight', None), nn.Parameter)
-        and _type_matches(module, cfg.include_types)
+        and type_matches(module, cfg.include_types)
     )
     if kind is None and not extra_type:
         return None
@@ -184,7 +181,7 @@ def _decide(
     )
     if extra_type and weight.dim() < 2:
         decision.reason = 'weight has no input-channel axis'
-    elif _type_matches(module, cfg.exclude_types):
+    elif type_matches(module, cfg.exclude_types):
         decision.reason = 'excluded by type'
     elif cfg.include and not any(re.search(p, name) for p in cfg.include):
         decision.reason = 'not matched by include'

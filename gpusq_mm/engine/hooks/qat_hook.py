@@ -63,10 +63,6 @@ def _quantization():
     return quantization
 
 
-_unwrap = unwrap
-_student = get_student
-
-
 @HOOKS.register_module()
 class QATHook(Hook):
     """Calibrate and start fake quantization at a given epoch or iteration.
@@ -150,7 +146,7 @@ class QATHook(Hook):
     def before_run(self, runner) -> None:
         """Quantize a plain student before any checkpoint is loaded."""
         quant = _quantization()
-        student = _student(runner.model)
+        student = get_student(runner.model)
         layers = quant.quantized_layers(student)
         if layers and self.quantization:
             own = getattr(student, 'gpusq_quant_cfg', None)
@@ -179,7 +175,7 @@ class QATHook(Hook):
 
     def before_train(self, runner) -> None:
         """Detect a resumed QAT stage (ranges come from the checkpoint)."""
-        state = _quantization().quant_state(_student(runner.model))
+        state = _quantization().quant_state(get_student(runner.model))
         self.active = state['enabled'] > 0
         if self.active:
             runner.logger.info(
@@ -234,7 +230,7 @@ class QATHook(Hook):
         where = f'iter {runner.iter + 1} (epoch {runner.epoch})'
         damaged = [
             n
-            for n, p in _student(runner.model).named_parameters()
+            for n, p in get_student(runner.model).named_parameters()
             if not bool(torch.isfinite(p).all())
         ]
         if not damaged:
@@ -256,7 +252,7 @@ class QATHook(Hook):
     # -- the switch -------------------------------------------------------
     def begin_qat(self, runner) -> None:
         """Snapshot the teacher, calibrate, enable fake quantization."""
-        model = _unwrap(runner.model)
+        model = unwrap(runner.model)
         where = (
             f'epoch {runner.epoch}'
             if self.begin_iter is None
@@ -266,7 +262,7 @@ class QATHook(Hook):
         if callable(getattr(model, 'begin_qat', None)):
             model.begin_qat()
             runner.logger.info('QATHook: model.begin_qat() done')
-        student = _student(runner.model)
+        student = get_student(runner.model)
         start = time.time()
         report = self._calibrate(runner, student)
         self.num_calibrations += 1
@@ -291,7 +287,7 @@ class QATHook(Hook):
     def _calibrate(self, runner, student: nn.Module) -> dict:
         preprocessor = getattr(student, 'data_preprocessor', None)
         if preprocessor is None:
-            preprocessor = _unwrap(runner.model).data_preprocessor
+            preprocessor = unwrap(runner.model).data_preprocessor
         dataloader = calibration_loader(runner.train_loop.dataloader)
         check_calibration_set(dataloader, self.num_batches)
         total = min(self.num_batches, len(dataloader))
