@@ -5,8 +5,10 @@ Writes the standard layout that mmdet's ``CocoDataset`` reads unchanged::
     root/annotations/instances_{train,val}2017.json
     root/{train,val}2017/*.jpg
 
-Each image holds 2-7 shapes of :data:`SHAPE_CLASSES` with random colour,
-texture, size, rotation and aspect, later shapes occluding earlier ones.
+Each image holds 2-7 shapes of :data:`SHAPE_CLASSES` with random colours,
+size, rotation and aspect, later shapes occluding earlier ones; a shape is
+filled with its class's pattern (:data:`~.ade_textures.TEXTURES`, as in the
+classification data), so outline and fill tell the class.
 Annotations describe the *visible* part: polygons traced from the visible
 mask (several polygons when an occluder splits a shape), its bbox and
 area, ``iscrowd=0``. Placements that would hide more than half of an
@@ -21,12 +23,12 @@ from typing import List
 import cv2
 import numpy as np
 
+from .ade_textures import class_texture
 from .shapes import (
     SHAPE_CLASSES,
     finish_image,
     noisy_background,
     shape_polygon,
-    textured_patch,
 )
 
 SPLITS = {'train': 0, 'val': 1}
@@ -35,7 +37,8 @@ SPLITS = {'train': 0, 'val': 1}
 def _place(rng, kinds_mask_list, height, width, kind):
     """Try to place a shape; None if it would occlude others too much."""
     for _ in range(10):
-        radius = rng.uniform(10, min(height, width) * 0.22)
+        # >= 14 px: the fill pattern (period 6-14 px) stays readable
+        radius = rng.uniform(14, min(height, width) * 0.22)
         cx = rng.uniform(radius * 0.6, width - radius * 0.6)
         cy = rng.uniform(radius * 0.6, height - radius * 0.6)
         poly = shape_polygon(kind, rng, (cx, cy), radius)
@@ -93,7 +96,7 @@ def make_coco_image(seed: int, split: str, index: int):
         for _, _, visible in placed:
             visible &= ~mask
         placed.append((cat + 1, mask, mask.copy()))
-        tex = textured_patch(rng, height, width)
+        tex = class_texture(rng, cat + 1, height, width)
         img[mask] = tex[mask]
         if rng.uniform() < 0.5:  # outline in a random colour
             colour = tuple(float(c) for c in rng.uniform(0, 255, 3))

@@ -20,14 +20,14 @@ from .cls_folders import generate_cls
 from .coco_shapes import generate_coco
 
 #: Bump when the generators change what they draw.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MANIFEST = 'gpusq_manifest.json'
 
 #: task -> (sub-folder, generator, default train count, default val count)
 TASKS = {
     'det': ('coco', generate_coco, 160, 40),
     'seg': ('ade', generate_ade, 160, 40),
-    'cls': ('cls', generate_cls, 600, 120),
+    'cls': ('cls', generate_cls, 3000, 600),
 }
 
 
