@@ -45,10 +45,17 @@ import sys
 import time
 from typing import Dict, List
 
-from gpusq_demo.configs import _iter_based, prepare_config  # noqa: F401
+from gpusq_demo.configs import (  # noqa: F401
+    _iter_based,
+    dense_val_interval,
+    prepare_config,
+)
 from gpusq_demo.oneshot import oneshot_checkpoint
 from gpusq_demo.results import (  # noqa: F401
+    dense_curve,
     measure_model,
+    plot_curve,
+    seed_stats,
     metric_at,
     read_val_metrics,
     size_mb,
@@ -172,6 +179,23 @@ def main(argv=None) -> List[dict]:
         # 1. dense teacher
         dense_cfg, dense_dir, dense_ckpt = train_dense(task, data_root)
 
+        # the teacher's learning curve: validations through the run
+        curve = dense_curve(
+            dense_dir,
+            spec['metric'],
+            sched['dense'],
+            dense_val_interval(sched['dense']),
+            'epochs' if task == 'cls' else 'iterations',
+        )
+        plot_curve(
+            dense_dir,
+            spec['metric'],
+            curve,
+            osp.join(tdir, 'dense_curve.png'),
+            f'{task} dense teacher: train loss and val {spec["metric"]}',
+        )
+        log(f'[{task}] dense learning curve: {curve["curve"]}')
+
         # 2. GPUSQ: prune -> sparse KD (stage 1) -> calibrate -> QAT + KD
         gpusq_dir = osp.join(tdir, 'gpusq')
         gpusq_cfg = prepare_config(
@@ -245,7 +269,38 @@ def main(argv=None) -> List[dict]:
             )
             extra_runs[stage] = (cfg, osp.join(tdir, stage), how['qat'])
 
+        # 6. more seeds of the KD vs no-KD comparison (full demo, where
+        # one run cannot separate them): stage 1 with KD (the sparse24
+        # budget, no QAT) and the no-KD fine-tune, per extra seed
         key = spec['metric']
+        seed_values = {'sparse24': [], 'sparse24_nokd': []}
+        for k in range(1, sched.get('kd_seeds', 1)):
+            seed = args.seed + k
+            for stage, kd in (('sparse24', True), ('sparse24_nokd', False)):
+                name = f'{stage}_seed{seed}'
+                cfg = prepare_config(
+                    osp.join(DEMO_CFG, spec['gpusq']),
+                    osp.join(tdir, f'{name}.py'),
+                    data_root,
+                    seed,
+                    stages=sched,
+                    teacher_ckpt=dense_ckpt,
+                    kd=kd,
+                    qat=False,
+                    # stage 1 alone: an unquantized student (as the
+                    # label-free row)
+                    model=dict(quantization=None) if kd else None,
+                )
+                log(f'[{task}] seed {seed}: {stage}')
+                run_dir = osp.join(tdir, name)
+                run(
+                    [py, train, cfg, '--work-dir', run_dir],
+                    osp.join(tdir, f'{name}.log'),
+                )
+                seed_values[stage].append(
+                    metric_at(read_val_metrics(run_dir), key)
+                )
+
         gpusq_val = read_val_metrics(gpusq_dir)
         if len(gpusq_val) != 2:  # end of stage 1, end of QAT
             raise RuntimeError(
@@ -299,6 +354,11 @@ def main(argv=None) -> List[dict]:
         for stage, value, measured in results:
             row = dict(task=task, stage=stage, metric=key, value=value)
             row.update(measured, size_mb=round(measured['size_mb'], 4))
+            if stage == 'dense':
+                row.update(curve)
+            if seed_values.get(stage):
+                # seed args.seed first, then the extra seeds
+                row.update(seed_stats([value] + seed_values[stage]))
             rows.append(row)
         rows.sort(
             key=lambda r: (

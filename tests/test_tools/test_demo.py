@@ -120,6 +120,35 @@ def test_extra_row_configs(tmp_path, cls_data_root):
     assert 'distill' not in got['sparse24_int4'].model
 
 
+def test_dense_curve_and_seed_stats(tmp_path):
+    """The teacher's curve comes from its validations, in order."""
+    demo = _import_demo()  # imports gpusq_demo (tools/) too
+    from gpusq_demo.results import dense_curve, seed_stats
+
+    assert demo.dense_val_interval(30) == 7  # 7, 14, 21, 28 and 30
+    run = tmp_path / '20260101_000000' / 'vis_data'
+    run.mkdir(parents=True)
+    lines = [dict(lr=0.1, loss=2.0, iter=10, step=10)]
+    for acc in (50.0, 80.0, 90.0, 91.0, 91.5):
+        lines.append({'accuracy/top1': acc, 'step': 0})
+    (run / 'scalars.json').write_text(
+        '\n'.join(json.dumps(x) for x in lines) + '\n'
+    )
+    got = dense_curve(str(tmp_path), 'accuracy/top1', 30, 7, 'epochs')
+    assert got['curve'] == [
+        [7, 50.0],
+        [14, 80.0],
+        [21, 90.0],
+        [28, 91.0],
+        [30, 91.5],
+    ]
+    assert got['last_gain'] == 0.5
+    with pytest.raises(RuntimeError, match='expected 4 validations'):
+        dense_curve(str(tmp_path), 'accuracy/top1', 40, 10, 'epochs')
+    stats = seed_stats([90.0, 92.0, 94.0])
+    assert stats == dict(value=92.0, values=[90.0, 92.0, 94.0], std=2.0)
+
+
 @pytest.mark.slow
 def test_demo_quick_writes_all_rows(tmp_path):
     demo = _import_demo()
@@ -136,6 +165,12 @@ def test_demo_quick_writes_all_rows(tmp_path):
         base = {'task', 'stage', 'metric', 'value', 'size_mb'}
         if r['stage'] == 'sparse24_int8':  # the final student: exported
             assert set(r) == base | set(DEPLOY) | {'onnx_cosine'}
+        elif r['stage'] == 'dense':  # the teacher's learning curve
+            assert set(r) == base | {'curve', 'curve_unit', 'last_gain'}
+            assert len(r['curve']) == 4, r  # demo.DENSE_VALIDATIONS
+            assert r['curve'][-1][1] == r['value']
+            assert r['last_gain'] == r['curve'][-1][1] - r['curve'][-2][1]
+            assert osp.getsize(tmp_path / r['task'] / 'dense_curve.png')
         else:
             assert set(r) == base
         assert r['metric'] == metrics[r['task']]

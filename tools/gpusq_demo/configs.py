@@ -37,12 +37,22 @@ def _iter_based(cfg) -> bool:
     )
 
 
+#: validations over a dense run (its learning curve: has it plateaued?)
+DENSE_VALIDATIONS = 4
+
+
+def dense_val_interval(length: int) -> int:
+    """Validate ``DENSE_VALIDATIONS`` times (the loop always validates at
+    the end, so a length that does not divide gives one more)."""
+    return max(1, length // DENSE_VALIDATIONS)
+
+
 def _scale_dense(cfg, length: int) -> None:
     """Shorten/lengthen a dense config's schedule to ``length``."""
     key = 'max_iters' if _iter_based(cfg) else 'max_epochs'
     factor = length / cfg.train_cfg[key]
     cfg.train_cfg[key] = length
-    cfg.train_cfg['val_interval'] = length
+    cfg.train_cfg['val_interval'] = dense_val_interval(length)
     for sch in cfg.param_scheduler:
         for k in ('begin', 'end'):
             if k in sch and sch[k] is not None:

@@ -56,6 +56,91 @@ def metric_at(
     return float(metrics[index][key])
 
 
+def seed_stats(values: List[float]) -> Dict[str, object]:
+    """Mean and sample std over seeds: a row's ``value`` is the mean."""
+    import statistics
+
+    return dict(
+        value=float(statistics.mean(values)),
+        values=[float(v) for v in values],
+        std=float(statistics.stdev(values)) if len(values) > 1 else 0.0,
+    )
+
+
+def train_losses(work_dir: str) -> List[tuple]:
+    """``(iteration, loss)`` of every logged training step, in order."""
+    out = []
+    for sub in sorted(os.listdir(work_dir)):
+        path = osp.join(work_dir, sub, 'vis_data', 'scalars.json')
+        if not osp.isfile(path):
+            continue
+        with open(path) as f:
+            for line in f:
+                row = json.loads(line)
+                if 'loss' in row and 'iter' in row:
+                    out.append((int(row['iter']), float(row['loss'])))
+                elif 'loss' in row and 'step' in row:
+                    out.append((int(row['step']), float(row['loss'])))
+    return out
+
+
+def dense_curve(
+    work_dir: str, key: str, length: int, interval: int, unit: str
+) -> Dict[str, object]:
+    """The dense run's learning curve and whether it has levelled off.
+
+    Returns:
+        dict: ``curve``: ``[[step, metric], ...]`` at each validation
+        (``unit`` steps: epochs or iterations); ``last_gain``: the metric
+        gained over the last validation interval (the plateau check: near
+        0 when the teacher has converged).
+    """
+    vals = read_val_metrics(work_dir)
+    steps = list(range(interval, length + 1, interval))
+    if not steps or steps[-1] != length:
+        steps.append(length)
+    if len(vals) != len(steps):
+        raise RuntimeError(
+            f'{work_dir}: expected {len(steps)} validations (every '
+            f'{interval} {unit} of {length}), got {len(vals)}'
+        )
+    curve = [[s, metric_at(vals, key, i)] for i, s in enumerate(steps)]
+    gain = curve[-1][1] - curve[-2][1] if len(curve) > 1 else None
+    return dict(curve=curve, curve_unit=unit, last_gain=gain)
+
+
+def plot_curve(
+    work_dir: str, key: str, curve: dict, path: str, title: str
+) -> None:
+    """Train loss per iteration and the val metric at each validation."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    losses = train_losses(work_dir)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if losses:
+        it, loss = zip(*losses)
+        ax.plot(it, loss, color='tab:blue', lw=0.8, label='train loss')
+    ax.set_xlabel('iteration')
+    ax.set_ylabel('train loss', color='tab:blue')
+    ax2 = ax.twinx()
+    pts = curve['curve']
+    if losses and curve['curve_unit'] == 'epochs':
+        # epochs -> iterations (the loss axis): iterations per epoch
+        per_epoch = max(it) / pts[-1][0]
+        xs = [p[0] * per_epoch for p in pts]
+    else:
+        xs = [p[0] for p in pts]
+    ax2.plot(xs, [p[1] for p in pts], 'o-', color='tab:red', label=key)
+    ax2.set_ylabel(f'val {key}', color='tab:red')
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 # the ONNX numbers a row gains (the final student's), table headers
 DEPLOY_KEYS = {
     'onnx_fp32_mb': 'fp32 MB',
@@ -138,17 +223,25 @@ def plot(rows: List[dict], path: str) -> None:
         by_stage = {r['stage']: r for r in rows if r['task'] == task}
         stages = [s for s in STAGES if s in by_stage]
         values = [by_stage[s]['value'] for s in stages]
+        errs = [by_stage[s].get('std', 0.0) for s in stages]
         bars = ax.bar(
             range(len(stages)),
             values,
+            yerr=errs if any(errs) else None,
+            capsize=3,
             color=[colors[STAGES.index(s) % len(colors)] for s in stages],
         )
         for bar, stage in zip(bars, stages):
             r = by_stage[stage]
+            pm = (
+                f' ±{r["std"]:.3f} (n={len(r["values"])})'
+                if r.get('values')
+                else ''
+            )
             ax.text(
                 bar.get_x() + bar.get_width() / 2,
-                bar.get_height(),
-                f'{r["value"]:.3f}\n{r["size_mb"]:.2f} MB',
+                bar.get_height() + r.get('std', 0.0),
+                f'{r["value"]:.3f}{pm}\n{r["size_mb"]:.2f} MB',
                 ha='center',
                 va='bottom',
                 fontsize=7,
@@ -176,7 +269,11 @@ def table(rows: List[dict]) -> str:
         f'{"task":5} {"stage":21} {"metric":15} {"value":>8} '
         f'{"size_mb":>8} {"vs dense":>9}'
     )
-    lines = [head + ''.join(f' {h:>8}' for h in DEPLOY_KEYS.values())]
+    lines = [
+        head
+        + ''.join(f' {h:>8}' for h in DEPLOY_KEYS.values())
+        + '  seeds (mean ± std)'
+    ]
     dense = {r['task']: r['value'] for r in rows if r['stage'] == 'dense'}
     for r in rows:
         ratio = (
@@ -191,6 +288,11 @@ def table(rows: List[dict]) -> str:
             + ''.join(
                 f' {r[k]:8.3f}' if r.get(k) is not None else f' {"-":>8}'
                 for k in DEPLOY_KEYS
+            )
+            + (
+                f'  {len(r["values"])} seeds ± {r["std"]:.4f}'
+                if r.get('values')
+                else ''
             )
         )
     return '\n'.join(lines)

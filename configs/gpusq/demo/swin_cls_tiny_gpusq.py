@@ -7,14 +7,14 @@
 _base_ = './swin_cls_tiny_dense.py'
 model = dict(_delete_=True, type='gpusq_mm.GPUSQ', architecture=_base_.model,
              teacher=dict(checkpoint='work_dirs/swin_cls_tiny_dense/'
-                          'epoch_30.pth'))
-train_cfg = dict(max_epochs=8, val_interval=5)  # 5 epochs 2:4, 3 QAT
+                          'epoch_12.pth'))
+train_cfg = dict(max_epochs=3, val_interval=2)  # 2 epochs 2:4, 1 QAT
 param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min_ratio=0.05, by_epoch=True,
-         end=5, convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', by_epoch=True, begin=5, end=8,
+         end=2, convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', by_epoch=True, begin=2, end=3,
          convert_to_iter_based=True)]
 custom_hooks = [*_base_.get('custom_hooks', []),
-                dict(type='gpusq_mm.GPUSQHook', qat_begin_epoch=5,
+                dict(type='gpusq_mm.GPUSQHook', qat_begin_epoch=2,
                      num_batches=8, lr_factor=0.05)]
-default_hooks = dict(checkpoint=dict(interval=5, save_last=True))
+default_hooks = dict(checkpoint=dict(interval=2, save_last=True))

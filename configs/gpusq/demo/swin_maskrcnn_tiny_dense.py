@@ -24,7 +24,7 @@ classes = ('circle', 'triangle', 'square', 'star', 'cross', 'crescent')
 num_classes = len(classes)
 image_scale = (320, 320)
 max_iters = 500
-val_interval = 500
+val_interval = max_iters // 4  # the learning curve: 4 validations
 embed_dims = 32
 channels = 64
 
@@ -138,7 +138,7 @@ optim_wrapper = dict(
 )
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=val_interval, max_keep_ckpts=2),
+    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=2),
 )
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(enable=False)

@@ -14,7 +14,7 @@ classes = ('wall', 'sky', 'floor', 'grass', 'curtain', 'rug')
 num_classes = len(classes)
 crop_size = (256, 256)
 max_iters = 1000
-val_interval = 1000
+val_interval = max_iters // 4  # the learning curve: 4 validations
 embed_dims = 32
 norm_cfg = dict(type='BN', requires_grad=True)
 
@@ -94,5 +94,5 @@ param_scheduler = [
 optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.01))
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=val_interval, max_keep_ckpts=2),
+    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=2),
 )
