@@ -36,7 +36,8 @@ def test_corrupt_training_image_named(tmp_path):
     assert bad in str(info.value)
     with open(bad, 'rb') as f:
         assert hashlib.sha256(f.read()).hexdigest() == before
-    assert dataset[1]['inputs'].shape[-1] == 64  # the others still load
+    # the others still load (at the config's img_size)
+    assert dataset[1]['inputs'].shape[-1] == 56
 
 
 def _tool_main(name: str):
