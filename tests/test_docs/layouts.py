@@ -13,10 +13,12 @@ layout and label sets the upstream datasets expect:
 - ImageNet: ``train/``, ``val/`` and ``meta/{train,val}.txt`` (``file
   label`` lines, labels in 0..999).
 
-Detection and segmentation images are strips (COCO 1333x40, ADE 2048x32):
-the configs' keep-ratio resizes (1333x800, 2048x512) map them to
-themselves, so one CPU training step stays short without changing the
-configs' pipelines.
+Detection and segmentation images are strips (COCO 4200x32, ADE 2048x32):
+the configs' own keep-ratio resizes (to fit 1333x800, 2048x512, or
+DETR / DINO's random resize-crop-resize) keep them thin, at most ~0.1
+megapixel (a normal COCO image becomes ~1 megapixel), so one CPU training
+step of the real architectures stays short and within memory (Swin-L DINO)
+without changing the configs' pipelines.
 """
 
 import json
@@ -25,7 +27,7 @@ import os.path as osp
 
 import numpy as np
 
-COCO_SIZE = (1333, 40)  # width, height
+COCO_SIZE = (4200, 32)  # width, height
 ADE_SIZE = (2048, 32)
 
 
@@ -50,7 +52,7 @@ def write_coco(root: str, num_train: int = 2, num_val: int = 1) -> str:
             img = _image(rng, width, height)
             image_id = len(images) + 1
             for k in range(3):
-                x, y, w, h = 80 + 400 * k + 30 * i, 4, 220, 32
+                x, y, w, h = 200 + 1300 * k + 60 * i, 4, 700, 24
                 img[y : y + h, x : x + w] = (60 * k, 200, 255 - 60 * k)
                 ann_id += 1
                 anns.append(
