@@ -123,7 +123,7 @@ def _dense_checkpoint(config: str, path: str, seed: int = 0):
     return model, path
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def dense_checkpoint():
     """``make(config, path, seed=0) -> (model, path)``, see module doc."""
     return _dense_checkpoint

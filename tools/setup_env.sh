@@ -5,7 +5,7 @@
 #   GPUSQ_VENV=/path/to/venv bash tools/setup_env.sh
 #   GPUSQ_VENV=none bash tools/setup_env.sh   # use the active python as is
 #
-# What it does (the manual equivalent is in README.md, "Manual setup"):
+# What it does (the manual equivalent is in README.md, "Setup"):
 #   1. torch 2.14.1 + torchvision 0.29.1, only when no torch is installed
 #      (an existing torch, e.g. a CUDA build on a GPU box, is kept);
 #   2. mmengine, then mmcv 2.1.0 *with compiled ops* built from the PyPI

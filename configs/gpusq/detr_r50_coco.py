@@ -2,7 +2,7 @@
 # stage is a third of the 150e dense schedule (the student starts from the
 # trained dense weights), then 5 epochs (~10 %) of QAT.
 #   python tools/train.py configs/gpusq/detr_r50_coco.py \
-#       --cfg-options model.teacher.checkpoint=DENSE.pth
+#       --cfg-options model.teacher.checkpoint=dense.pth
 _base_ = 'mmdet::detr/detr_r50_8xb2-150e_coco.py'
 model = dict(_delete_=True, type='gpusq_mm.GPUSQ', architecture=_base_.model,
              teacher=dict(checkpoint='checkpoints/detr_r50_dense.pth'))

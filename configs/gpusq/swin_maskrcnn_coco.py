@@ -3,7 +3,7 @@
 # schedule runs again as the 2:4 stage (NVIDIA ASP recipe), then 2 epochs of
 # QAT from 1 % of the lr, cosine-annealed (pytorch-quantization guide).
 #   python tools/train.py configs/gpusq/swin_maskrcnn_coco.py \
-#       --cfg-options model.teacher.checkpoint=DENSE.pth
+#       --cfg-options model.teacher.checkpoint=dense.pth
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 model = dict(_delete_=True, type='gpusq_mm.GPUSQ', architecture=_base_.model,
              teacher=dict(checkpoint='checkpoints/swin_maskrcnn_dense.pth'))

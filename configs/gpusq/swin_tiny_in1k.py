@@ -1,7 +1,7 @@
 # GPUSQ of Swin-T on ImageNet-1k (class-logit KD + feature KD). The 2:4
 # stage is a third of the 300e dense schedule, then 10 epochs of QAT.
 #   python tools/train.py configs/gpusq/swin_tiny_in1k.py \
-#       --cfg-options model.teacher.checkpoint=DENSE.pth
+#       --cfg-options model.teacher.checkpoint=dense.pth
 _base_ = 'mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py'
 model = dict(_delete_=True, type='gpusq_mm.GPUSQ', architecture=_base_.model,
              teacher=dict(checkpoint='checkpoints/swin_tiny_in1k_dense.pth'))

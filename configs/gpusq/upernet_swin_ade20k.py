@@ -1,7 +1,7 @@
 # GPUSQ of UperNet Swin-T on ADE20K 512x512 (per-pixel logit KD). The 2:4
 # stage is half the 160k dense schedule, then 16k iterations of QAT.
 #   python tools/train.py configs/gpusq/upernet_swin_ade20k.py \
-#       --cfg-options model.teacher.checkpoint=DENSE.pth
+#       --cfg-options model.teacher.checkpoint=dense.pth
 _base_ = ('mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_'
           '8xb2-160k_ade20k-512x512.py')
 model = dict(_delete_=True, type='gpusq_mm.GPUSQ', architecture=_base_.model,

@@ -189,3 +189,104 @@ def test_misuse_is_refused(tmp_path, cls_data_root):
     cfg.custom_hooks = [dict(type='gpusq_mm.SparsityHook', permute=True)]
     with pytest.raises(ValueError, match='this hook would ignore'):
         Runner.from_cfg(cfg).train()
+
+
+def test_model_permutation_options_in_a_run(
+    tmp_path, cls_data_root, monkeypatch
+):
+    """``model.sparsity.permute`` / ``permute_pairs`` / ``permute_search``
+    end to end: the hook permutes exactly the given pairs with the given
+    search, before the masks; the permutation leaves the student's output
+    unchanged (it still computes what the unpermuted teacher computes),
+    raises the magnitude the 2:4 masks keep, and the masks, computed on the
+    permuted weights, stay 2:4 through the optimizer steps of both
+    stages."""
+    import copy
+
+    from gpusq_mm.engine.hooks import sparsity_hook
+    from gpusq_mm.sparsity import compute_2to4_mask
+
+    pairs = [
+        (
+            f'backbone.stages.{i}.blocks.0.ffn.layers.0.0',
+            f'backbone.stages.{i}.blocks.0.ffn.layers.1',
+        )
+        for i in (1, 2)
+    ]
+    search = dict(num_passes=20, patience=3, seed=7)
+    real = sparsity_hook.permute_model
+    seen = {}
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def spy(student, pairs=None, consumers=None, **kwargs):
+        was = student.training
+        student.eval()  # no drop-path noise in the comparison
+        with torch.no_grad():
+            seen['before'] = student(x, mode='tensor')
+            seen['dense'] = copy.deepcopy(student)
+            report = real(student, pairs=pairs, consumers=consumers, **kwargs)
+            seen['after'] = student(x, mode='tensor')
+            seen['permuted'] = copy.deepcopy(student)
+        student.train(was)
+        seen.update(pairs=pairs, consumers=consumers, search=kwargs)
+        seen['report'] = report
+        return report
+
+    monkeypatch.setattr(sparsity_hook, 'permute_model', spy)
+    cfg = gpusq_run(
+        cls_data_root,
+        str(tmp_path),
+        qat_begin_iter=2,
+        model=dict(
+            sparsity=dict(
+                permute=True, permute_pairs=pairs, permute_search=search
+            )
+        ),
+    )
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.model.stage == 2
+    # the settings reach the search, not only the hook
+    assert [tuple(p) for p in seen['pairs']] == pairs
+    assert seen['search'] == search
+    report = seen['report']
+    consumers = [c for _, c in pairs]
+    assert sorted(report['layers']) == consumers  # only the given pairs
+    for name in consumers:
+        layer = report['layers'][name]
+        assert layer['after'] > layer['before'], name
+    # the permutation itself keeps the function: same output as before it,
+    # i.e. as the (unpermuted) teacher's
+    torch.testing.assert_close(seen['after'], seen['before'])
+    teacher = runner.model.dense_teacher
+    with torch.no_grad():
+        torch.testing.assert_close(
+            teacher(x, mode='tensor'), seen['before'], rtol=1e-5, atol=1e-6
+        )
+    # deterministic: the same call on the dense student gives these weights
+    again = copy.deepcopy(seen['dense'])
+    real(again, pairs=pairs, consumers=seen['consumers'], **search)
+    dense = dict(seen['dense'].named_modules())
+    permuted = dict(seen['permuted'].named_modules())
+    student = dict(_student(runner).named_modules())
+    for name in consumers:
+        w_dense = dict(again.named_modules())[name].weight
+        w_perm = permuted[name].weight
+        assert torch.equal(w_perm, w_dense)
+        assert not torch.equal(w_perm, dense[name].weight)  # really moved
+        # teacher unpermuted: its columns are the dense ones
+        t_w = dict(teacher.named_modules())[name].weight
+        assert torch.equal(t_w, dense[name].weight)
+        # the masks were computed on the permuted weights and kept more
+        mask = student[name].sparsity_mask
+        assert torch.equal(mask, compute_2to4_mask(w_perm))
+        kept = (w_perm.abs() * mask).sum()
+        plain = (
+            dense[name].weight.abs() * compute_2to4_mask(dense[name].weight)
+        ).sum()
+        assert kept > plain, name
+    # after the optimizer steps of both stages: still 2:4, pruned = 0
+    for name, layer in masked_layers(_student(runner)).items():
+        weight = layer.weight.detach()
+        assert is_2to4(weight), name
+        assert not weight[~layer.sparsity_mask].any(), name

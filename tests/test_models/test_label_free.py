@@ -141,6 +141,73 @@ def test_detr_label_free_trains_on_teacher_detections(tmp_path):
     assert torch.isfinite(losses['loss_cls'])
 
 
+@pytest.mark.parametrize('name', ['detr', 'dino'])
+def test_detr_family_targets_are_the_teacher_predictions(name, tmp_path):
+    """The boxes and labels the student's task loss receives are the
+    teacher's post-processed predictions (its ``predict()``: top-k, then
+    the score threshold), in network-input coordinates: exactly what the
+    GPUSQ teacher's ``predict()`` gives, and (to float rounding) what a
+    teacher built and loaded from the checkpoint independently of GPUSQ
+    predicts in eval mode."""
+    from mmengine.config import ConfigDict
+    from mmengine.runner import load_checkpoint
+
+    cfg = tiny_detr_layers(name, 2)
+    inputs, samples = det_batch(masks=False)
+    for ds in samples:  # rescaled (original-image) boxes would differ
+        ds.set_metainfo(dict(ori_shape=(32, 32), scale_factor=(2.0, 2.0)))
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        ref_teacher = MODELS.build(ConfigDict(cfg))
+    model = build_gpusq(cfg, tmp_path)  # saves teacher_1.pth
+    load_checkpoint(ref_teacher, str(tmp_path / 'teacher_1.pth'))
+    ref_teacher.eval()
+    with torch.no_grad():
+        ref = ref_teacher.predict(inputs, [d.clone() for d in samples], False)
+    # a threshold half-way between two scores: about half are kept
+    scores = torch.cat([r.pred_instances.scores for r in ref]).sort().values
+    mid = len(scores) // 2
+    thr = float(scores[mid - 1] + scores[mid]) / 2
+    model = build_gpusq(
+        cfg, tmp_path, distill=dict(hard='teacher', teacher_score_thr=thr)
+    )
+    model.train()  # as in training: the teacher stays in eval mode
+    with torch.no_grad():
+        own = model.teacher.predict(
+            inputs, [d.clone() for d in samples], False
+        )
+        big = model.teacher.predict(inputs, [d.clone() for d in samples], True)
+    got = []
+    real_loss = model.architecture.loss
+
+    def spy(batch_inputs, batch_data_samples):
+        got.append([d.gt_instances for d in batch_data_samples])
+        return real_loss(batch_inputs, batch_data_samples)
+
+    model.architecture.loss = spy
+    losses = model.loss(inputs, samples)
+    assert torch.isfinite(losses['loss_cls'])
+    (targets,) = got
+    kept = 0
+    for gt, pred, indep, scaled in zip(targets, own, ref, big):
+        res = pred.pred_instances
+        keep = res.scores >= thr
+        assert torch.equal(gt.bboxes, res.bboxes[keep])
+        assert torch.equal(gt.labels, res.labels[keep])
+        # the GPUSQ teacher is the checkpoint's model, in eval mode
+        other = indep.pred_instances
+        assert torch.equal(other.labels, res.labels)
+        torch.testing.assert_close(other.bboxes, res.bboxes)
+        torch.testing.assert_close(other.scores, res.scores)
+        # input coordinates, not the original image's
+        if keep.any():
+            rescaled = scaled.pred_instances.bboxes[keep]
+            assert not torch.allclose(gt.bboxes, rescaled)
+        kept += int(keep.sum())
+    assert 0 < kept < len(scores)  # the threshold took effect
+    # the caller's annotations are left as they were
+    assert all(len(d.gt_instances) == 2 for d in samples)
+
+
 def test_label_free_setting_errors(cls_teacher):
     def build(distill):
         return GPUSQ(

@@ -68,13 +68,23 @@ def test_readme_gpusq_commands(tmp_path, dense_checkpoint, monkeypatch):
     hook = next(h for h in runner.hooks if isinstance(h, GPUSQHook))
     assert hook.qat.begin_epoch == 26  # round(30 * (1 - 0.15))
     assert runner.epoch == 30 and runner.model.stage == 2
+    # the last validation ran after the last step (epoch 30, no EMA model):
+    # the weights student_final.pth holds
+    last_val = runner.message_hub.get_scalar('val/accuracy/top1').current()
     student = tmp_path / 'work_dirs/swin_cls_tiny_dense_gpusq'
     final = torch.load(student / 'student_final.pth')
     assert final['meta']['gpusq_stage'] == 2
+    trained = runner.model.architecture.state_dict()
+    assert set(final['state_dict']) <= set(trained)
+    for key, value in final['state_dict'].items():
+        assert torch.equal(value, trained[key]), key
+    del runner, trained
     # evaluating needs no teacher: the dense checkpoint is gone
     os.remove(dense)
     metrics = _run(TEST, tmp_path, monkeypatch)
-    assert 0.0 <= metrics['accuracy/top1'] <= 100.0
+    # the same student on the same images with the same evaluator: the
+    # training's last validation, exactly
+    assert metrics['accuracy/top1'] == last_val
     # the same student under the demo's gpusq config, whose default
     # teacher path is that (now absent) dense checkpoint
     again = _run(
@@ -84,3 +94,49 @@ def test_readme_gpusq_commands(tmp_path, dense_checkpoint, monkeypatch):
         monkeypatch,
     )
     assert again['accuracy/top1'] == metrics['accuracy/top1']
+
+
+def test_readme_dist_train_gpusq_template(
+    tmp_path, dense_checkpoint, cls_data_root
+):
+    """README: ``bash tools/dist_train.sh CONFIG GPUS --gpusq dense.pth``.
+
+    Placeholders filled in: CONFIG = the demo's tiny dense classifier
+    config, GPUS = 2 (CPU processes, gloo); ``python`` on PATH is this
+    interpreter, PORT a free port. Appended ``--cfg-options``: the
+    schedule only (2 epochs, QAT from the second: ``qat_ratio=0.5``,
+    validation and checkpoint at the end). The data: the session's small
+    generated class-folder set at the documented ``data/gpusq_demo/cls``.
+    """
+    from test_docs.commands import (
+        argv_of,
+        env,
+        free_port,
+        inline_commands,
+        link_repo,
+        one_command,
+        run_subprocess,
+    )
+
+    command = one_command(
+        inline_commands('README.md'), 'bash tools/dist_train.sh'
+    )
+    argv = argv_of(command, {'CONFIG': CONFIG, 'GPUS': '2'})
+    link_repo(tmp_path)
+    os.makedirs(tmp_path / 'data')
+    os.symlink(osp.dirname(cls_data_root), tmp_path / 'data' / 'gpusq_demo')
+    dense_checkpoint(osp.join(REPO_ROOT, CONFIG), str(tmp_path / 'dense.pth'))
+    argv += [
+        '--cfg-options',
+        'train_cfg.max_epochs=2',
+        'train_cfg.val_interval=2',
+        'default_hooks.checkpoint.interval=2',
+        'custom_hooks.0.qat_ratio=0.5',
+    ]
+    proc = run_subprocess(argv, tmp_path, env=env(PORT=str(free_port())))
+    log = proc.stdout + proc.stderr
+    assert 'QATHook: QAT stage begins at epoch 1' in log
+    assert 'Distributed training: True' in log
+    work = tmp_path / 'work_dirs' / 'swin_cls_tiny_dense_gpusq'
+    final = torch.load(work / 'student_final.pth')
+    assert final['meta']['gpusq_stage'] == 2
