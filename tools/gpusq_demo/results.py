@@ -15,24 +15,30 @@ from .runs import log
 from .schedules import STAGE_LABELS, STAGES, TASKS
 
 
-def read_val_metrics(work_dir: str) -> List[Dict[str, float]]:
-    """Validation results, in order, from MMEngine's ``scalars.json``.
-
-    (The logged ``step`` of a validation is the epoch, 0 in iteration-based
-    runs, so the order is what identifies a stage.)
-    """
-    out: List[Dict[str, float]] = []
+def _scalar_rows(work_dir: str):
+    """Every row MMEngine logged in ``work_dir``'s ``scalars.json`` files,
+    runs (timestamped sub-folders) in order."""
     for sub in sorted(os.listdir(work_dir)):
         path = osp.join(work_dir, sub, 'vis_data', 'scalars.json')
         if not osp.isfile(path):
             continue
         with open(path) as f:
             for line in f:
-                row = json.loads(line)
-                if 'lr' in row or 'loss' in row:
-                    continue  # a training log line
-                out.append(row)
-    return out
+                yield json.loads(line)
+
+
+def read_val_metrics(work_dir: str) -> List[Dict[str, float]]:
+    """Validation results, in order, from MMEngine's ``scalars.json``.
+
+    (The logged ``step`` of a validation is the epoch, 0 in iteration-based
+    runs, so the order is what identifies a stage.)
+    """
+    # a row with lr or loss is a training log line
+    return [
+        row
+        for row in _scalar_rows(work_dir)
+        if 'lr' not in row and 'loss' not in row
+    ]
 
 
 def metric_at(
@@ -69,19 +75,11 @@ def seed_stats(values: List[float]) -> Dict[str, object]:
 
 def train_losses(work_dir: str) -> List[tuple]:
     """``(iteration, loss)`` of every logged training step, in order."""
-    out = []
-    for sub in sorted(os.listdir(work_dir)):
-        path = osp.join(work_dir, sub, 'vis_data', 'scalars.json')
-        if not osp.isfile(path):
-            continue
-        with open(path) as f:
-            for line in f:
-                row = json.loads(line)
-                if 'loss' in row and 'iter' in row:
-                    out.append((int(row['iter']), float(row['loss'])))
-                elif 'loss' in row and 'step' in row:
-                    out.append((int(row['step']), float(row['loss'])))
-    return out
+    return [
+        (int(row.get('iter', row.get('step'))), float(row['loss']))
+        for row in _scalar_rows(work_dir)
+        if 'loss' in row and ('iter' in row or 'step' in row)
+    ]
 
 
 def dense_curve(
