@@ -66,9 +66,9 @@ def test_readme_gpusq_commands(tmp_path, dense_checkpoint, monkeypatch):
     dense_checkpoint(osp.join(REPO_ROOT, CONFIG), str(dense))
     runner = _run(TRAIN, tmp_path, monkeypatch)
     hook = next(h for h in runner.hooks if isinstance(h, GPUSQHook))
-    assert hook.qat.begin_epoch == 26  # round(30 * (1 - 0.15))
-    assert runner.epoch == 30 and runner.model.stage == 2
-    # the last validation ran after the last step (epoch 30, no EMA model):
+    assert hook.qat.begin_epoch == 10  # round(12 * (1 - 0.15))
+    assert runner.epoch == 12 and runner.model.stage == 2
+    # the last validation ran after the last step (epoch 12, no EMA model):
     # the weights student_final.pth holds
     last_val = runner.message_hub.get_scalar('val/accuracy/top1').current()
     student = tmp_path / 'work_dirs/swin_cls_tiny_dense_gpusq'
