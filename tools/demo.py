@@ -54,10 +54,10 @@ from gpusq_demo.oneshot import oneshot_checkpoint
 from gpusq_demo.results import (  # noqa: F401
     dense_curve,
     measure_model,
-    plot_curve,
-    seed_stats,
     metric_at,
+    plot_curve,
     read_val_metrics,
+    seed_stats,
     size_mb,
     table,
     write_results,
