@@ -7,6 +7,9 @@ stage (``architecture.`` keys; the ``qat_teacher.`` snapshot and the
 distillation state are ignored) or a
 plain dense checkpoint of the upstream model. Missing mask / quantizer
 buffers are allowed (they keep their placeholders: dense, quantizers off);
+a plain config's checkpoint trained with ``gpusq_mm.SparsityHook`` loads
+without its mask buffers once each weight is checked to be zero where its
+mask is (the weights are the 2:4 model);
 any other missing or unexpected key is an error naming the keys, so a
 checkpoint of another model never exports silently.
 """
@@ -27,6 +30,36 @@ _OPTIONAL = (
     '_enabled',
     'gpusq_stage',
 )
+
+
+def _drop_applied_masks(state: dict, unexpected: list, checkpoint: str):
+    """Drop the 2:4 mask buffers a plain config's ``SparsityHook`` saved.
+
+    The plain model has no mask buffers, but the hook keeps each masked
+    weight's pruned entries at zero, so the weights alone are the 2:4
+    model: a mask is dropped only when its weight is zero wherever the
+    mask is. A weight that breaks its mask is an error.
+    """
+    rest = []
+    for key in unexpected:
+        if key.endswith('.sparsity_mask_computed'):
+            continue
+        if key.endswith('.sparsity_mask'):
+            weight = state.get(key[: -len('sparsity_mask')] + 'weight')
+            mask = state[key]
+            if weight is not None and weight.shape == mask.shape:
+                if bool((weight[mask == 0] == 0).all()):
+                    state.pop(key)
+                    continue
+                raise KeyError(
+                    f'checkpoint {checkpoint}: {key} is not applied to its '
+                    'weight (pruned entries are not zero)'
+                )
+        rest.append(key)
+    for key in unexpected:
+        if key.endswith('.sparsity_mask_computed'):
+            state.pop(key, None)
+    return rest
 
 
 def _check_keys(missing, unexpected, checkpoint: str) -> None:
@@ -110,6 +143,8 @@ def load_student(
     if is_gpusq:  # training-only state: KD statistics, connectors
         unexpected = [k for k in unexpected if k.startswith('architecture.')]
         state = {k: v for k, v in state.items() if k in own}
+    else:  # a plain config trained with gpusq_mm.SparsityHook
+        unexpected = _drop_applied_masks(state, unexpected, checkpoint)
     _check_keys(missing, unexpected, checkpoint)
     wrong = [
         f'{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})'

@@ -1,0 +1,181 @@
+"""Paired comparison of two checkpoints on the same val images.
+
+Is ``sparse24`` really below ``sparse24_nokd``, or is the gap one or two
+images? Both checkpoints are scored image by image with the config's own
+evaluator; the per-image statistics it accumulates (mmseg ``IoUMetric``:
+intersection / union areas per class; mmpretrain ``Accuracy``: the
+predicted and true class) are kept, and:
+
+- the full-set metric is recomputed from them and checked against the
+  evaluator's own number (so the statistics are the metric's);
+- a **paired bootstrap** (the same resampled images for both models) gives
+  the difference ``B - A`` with a 95 % interval: an interval that holds 0
+  means this val set cannot separate the two;
+- **one image**: the largest change of each model's metric when one image
+  is left out, the "one image moves the metric by" figure.
+
+COCO mAP (mmdet) is not a sum over images, so detectors are refused with
+that reason.
+"""
+
+import copy
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ['per_image_stats', 'paired_compare', 'metric_of']
+
+# evaluator type -> the metric key it reports
+SUPPORTED = {'IoUMetric': 'mIoU', 'Accuracy': 'accuracy/top1'}
+
+
+def _metric_cfg(cfg) -> dict:
+    ev = cfg.test_evaluator
+    evs = ev if isinstance(ev, (list, tuple)) else [ev]
+    kinds = [e.get('type') for e in evs]
+    found = [e for e in evs if e.get('type') in SUPPORTED]
+    if len(found) != 1:
+        raise ValueError(
+            f'test_evaluator types {kinds}: a paired comparison needs '
+            f'exactly one of {sorted(SUPPORTED)} (per-image statistics); '
+            'COCO mAP is not a sum over images'
+        )
+    return copy.deepcopy(found[0])
+
+
+def per_image_stats(
+    config: str, checkpoint: str, cfg_options: Optional[dict] = None
+) -> Dict:
+    """Score ``checkpoint`` on the config's test set, image by image.
+
+    Args:
+        config (str): mmseg / mmpretrain or gpusq config file.
+        checkpoint (str): any stage's checkpoint (the student is scored).
+        cfg_options (dict, optional): config overrides.
+
+    Returns:
+        dict: ``kind`` (evaluator type), ``key`` (metric name), ``stats``
+        (per-image arrays: ``intersect``/``union`` ``(N, C)`` for
+        ``IoUMetric``, ``correct`` ``(N,)`` for ``Accuracy``), ``reported``
+        (the evaluator's own full-set value).
+    """
+    from mmengine.evaluator import Evaluator
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import Runner
+
+    from gpusq_mm.deploy.loading import load_student
+
+    model, cfg = load_student(config, checkpoint, cfg_options)
+    metric_cfg = _metric_cfg(cfg)
+    kind = metric_cfg['type']
+    if kind == 'Accuracy':
+        metric_cfg['topk'] = (1,)
+    loader_cfg = copy.deepcopy(cfg.test_dataloader)
+    loader_cfg.update(num_workers=0, persistent_workers=False)
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
+        loader = Runner.build_dataloader(loader_cfg)
+        evaluator = Evaluator(metric_cfg)
+    evaluator.dataset_meta = loader.dataset.metainfo
+    (metric,) = evaluator.metrics
+    kept: List = []
+    compute = metric.compute_metrics
+
+    def keep_then_compute(results):
+        kept.extend(results)
+        return compute(results)
+
+    metric.compute_metrics = keep_then_compute
+    with torch.no_grad():
+        for batch in loader:
+            evaluator.process(model.test_step(batch), batch)
+    reported = evaluator.evaluate(len(loader.dataset))
+    key = SUPPORTED[kind]
+    if kind == 'IoUMetric':
+        stats = dict(
+            intersect=np.stack([r[0].numpy() for r in kept]).astype(float),
+            union=np.stack([r[1].numpy() for r in kept]).astype(float),
+        )
+    else:
+        correct = []
+        for r in kept:
+            if 'pred_score' in r:
+                pred = int(torch.as_tensor(r['pred_score']).argmax())
+            else:
+                pred = int(torch.as_tensor(r['pred_label']).reshape(-1)[0])
+            gt = int(torch.as_tensor(r['gt_label']).reshape(-1)[0])
+            correct.append(pred == gt)
+        stats = dict(correct=np.asarray(correct, dtype=float))
+    out = dict(kind=kind, key=key, stats=stats, reported=reported[key])
+    got = metric_of(out, np.arange(len(kept)))
+    if abs(got - out['reported']) > 0.011:  # the evaluator rounds to 0.01
+        raise RuntimeError(
+            f'{checkpoint}: per-image statistics give {key} {got:.3f}, the '
+            f'evaluator {out["reported"]:.3f}'
+        )
+    return out
+
+
+def metric_of(scored: Dict, index: Sequence[int]) -> float:
+    """The metric (in the evaluator's units) over the images ``index``
+    (repeats allowed)."""
+    s = scored['stats']
+    if scored['kind'] == 'IoUMetric':
+        inter = s['intersect'][index].sum(0)
+        union = s['union'][index].sum(0)
+        with np.errstate(invalid='ignore', divide='ignore'):
+            iou = inter / union
+        return float(np.nanmean(iou) * 100)
+    return float(s['correct'][index].mean() * 100)
+
+
+def _one_image(scored: Dict) -> float:
+    n = len(next(iter(scored['stats'].values())))
+    full = metric_of(scored, np.arange(n))
+    every = np.arange(n)
+    return max(abs(metric_of(scored, np.delete(every, i)) - full) for i in every)
+
+
+def paired_compare(
+    a: Dict, b: Dict, boot: int = 1000, seed: int = 0
+) -> Dict[str, float]:
+    """Paired bootstrap of ``B - A`` over the same val images.
+
+    Args:
+        a (dict): :func:`per_image_stats` of the reference model.
+        b (dict): the same for the other model (same images, same order).
+        boot (int): bootstrap resamples. Defaults to 1000.
+        seed (int): resampling seed. Defaults to 0.
+
+    Returns:
+        dict: ``key``, ``images``, ``a``, ``b``, ``diff`` (B - A),
+        ``ci95`` (``[low, high]`` of B - A), ``p_b_above`` (share of
+        resamples with B > A), ``one_image_a`` / ``one_image_b`` (largest
+        leave-one-image-out change).
+    """
+    if a['kind'] != b['kind']:
+        raise ValueError(f'different metrics: {a["kind"]} vs {b["kind"]}')
+    n = len(next(iter(a['stats'].values())))
+    if n != len(next(iter(b['stats'].values()))):
+        raise ValueError('the two runs scored different numbers of images')
+    if boot < 100:
+        raise ValueError(f'boot={boot}: use at least 100 resamples')
+    every = np.arange(n)
+    va, vb = metric_of(a, every), metric_of(b, every)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(boot)
+    for i in range(boot):
+        idx = rng.integers(0, n, n)
+        diffs[i] = metric_of(b, idx) - metric_of(a, idx)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return dict(
+        key=a['key'],
+        images=n,
+        a=round(va, 3),
+        b=round(vb, 3),
+        diff=round(vb - va, 3),
+        ci95=[round(float(low), 3), round(float(high), 3)],
+        p_b_above=round(float((diffs > 0).mean()), 3),
+        one_image_a=round(_one_image(a), 3),
+        one_image_b=round(_one_image(b), 3),
+    )
