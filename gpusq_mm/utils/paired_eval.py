@@ -133,7 +133,9 @@ def _one_image(scored: Dict) -> float:
     n = len(next(iter(scored['stats'].values())))
     full = metric_of(scored, np.arange(n))
     every = np.arange(n)
-    return max(abs(metric_of(scored, np.delete(every, i)) - full) for i in every)
+    return max(
+        abs(metric_of(scored, np.delete(every, i)) - full) for i in every
+    )
 
 
 def paired_compare(
