@@ -164,11 +164,11 @@ def _weight(g: _Graph, dq: onnx.NodeProto):
         if zp is None or zp.size not in (1, scale.size):
             return None
     channels = wq.shape[0]
-    return (
-        wq,
-        _per_channel(zp.astype(np.float64), channels),
-        _per_channel(scale, channels),
-    )
+    zp = _per_channel(zp.astype(np.float64), channels)
+    scale = _per_channel(scale, channels)
+    if zp is None or scale is None:
+        return None  # not one value per output channel
+    return wq, zp, scale
 
 
 def _batch_norm_after(g: _Graph, conv: onnx.NodeProto):
@@ -179,6 +179,8 @@ def _batch_norm_after(g: _Graph, conv: onnx.NodeProto):
         return None
     bn = users[0]
     if bn.op_type != 'BatchNormalization' or bn.domain not in ('', 'ai.onnx'):
+        return None
+    if bn.input[0] != out:
         return None
     if _attr(bn, 'training_mode', 0) or len(bn.output) != 1:
         return None

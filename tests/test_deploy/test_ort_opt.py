@@ -227,6 +227,35 @@ def test_integer_convs_need_uint8_activations(seg_exports, tmp_path):
     assert min(r['cosine'] for r in rows) >= 0.99999
 
 
+def test_biased_convs_without_batch_norm(tmp_path):
+    """The det student's FPN convs (bias, no BatchNorm): the bias moves
+    into the rewritten Conv / the Add after ``ConvInteger``."""
+    from gpusq_mm.deploy import export_onnx, make_input, parity
+
+    model = make_student('det', str(tmp_path / 'det.pth'), stage=2)
+    x = make_input(model, SHAPES['det'])
+    res = export_onnx(
+        model,
+        x,
+        str(tmp_path / 'det.onnx'),
+        PART['det'],
+        act_dtype='uint8',
+        log=lambda *a: None,
+    )
+    n = sum(op == 'Conv' for op in res['quantized_layers'].values())
+    assert n > 0
+    feed = x.numpy()
+    want = run_onnx(res['path'], feed)
+    for mode in ('float', 'integer'):
+        dst = str(tmp_path / f'{mode}.onnx')
+        out = save_ort_optimized(res['path'], dst, conv=mode)
+        assert out['conv_rewritten'] == n and out['conv_kept'] == 0
+        assert out['bn_folded'] == 0
+        assert _conv_on_dequantized_weight(onnx.load(dst)) == []
+        rows = parity(want, run_onnx(dst, feed))
+        assert min(r['cosine'] for r in rows) >= 0.99999
+
+
 def test_export_tool_reports_the_rewritten_convs(seg_exports, capsys):
     from .test_report_trt import _tool
 
