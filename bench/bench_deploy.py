@@ -1,6 +1,8 @@
 """Deployed speed and size: FP32 vs our INT8 QDQ vs onnxruntime's own INT8.
 
     python bench/bench_deploy.py [--threads 2] [--runs 20] [--size 224]
+    python bench/bench_deploy.py --no-gpu --seg CONFIG CHECKPOINT \
+        [--seg-shape 1x3x192x192] [--threads 2] [--runs 20]
 
 CPU part (always): a Swin-T backbone (mmpretrain, random weights, 2:4
 masks from them, INT8 QAT quantizers calibrated on random images), batch
@@ -21,6 +23,15 @@ interleaved:
   ``MatMulIntegerToFloat``);
 - ``dynamic``: ``onnxruntime.quantization.quantize_dynamic`` of the FP32
   file (INT8 weights, activations quantized at run time).
+
+Segmentor part (``--seg CONFIG CHECKPOINT``, instead of the Swin-T
+part): a trained segmentor student (e.g. the demo's
+``W/seg/gpusq.py W/seg/gpusq/student_final.pth``) exported FP32 and QDQ
+(uint8 activations) at ``--seg-shape``, and the onnxruntime-only copies of
+the QDQ file with its quantized Convs kept (``ort_keep``: dequantized
+weight at every run, as before), weights dequantized into constants
+(``ort_float``, the default of ``save_ort_optimized``) or rewritten to
+``ConvInteger`` (``ort_integer``), timed the same way.
 
 GPU part (only with CUDA): ``torch.sparse.to_sparse_semi_structured`` fp16
 2:4 Linear vs dense at the Swin-T / Swin-B linear shapes (tokens of a 224²
@@ -88,7 +99,7 @@ def cpu_part(args) -> dict:
     from gpusq_mm.deploy import export_onnx, make_input, parity, run_onnx
     from gpusq_mm.deploy.api import reference_outputs
     from gpusq_mm.deploy.ort_opt import save_ort_optimized
-    from gpusq_mm.deploy.verify import fused_ops, ort_session
+    from gpusq_mm.deploy.verify import fused_ops
 
     model = swin_t_student(args.size)
     attn_model = swin_t_student(args.size, attention=True)
@@ -129,10 +140,15 @@ def cpu_part(args) -> dict:
         act_dtype='uint8',
         log=quiet,
     )['path']
+    convs = {}
     for key in ('ours', 'ours_att'):  # onnxruntime-only copies
-        files[f'{key}_ort'] = save_ort_optimized(
+        ort_res = save_ort_optimized(
             files[key], osp.join(tmp, f'{key}_ort.onnx')
-        )['path']
+        )
+        files[f'{key}_ort'] = ort_res['path']
+        convs[f'{key}_ort'] = {
+            k: ort_res[k] for k in ('conv_rewritten', 'conv_kept')
+        }
     files['dynamic'] = osp.join(tmp, 'dynamic.onnx')
     quantize_dynamic(
         files['fp32'], files['dynamic'], weight_type=QuantType.QInt8
@@ -140,16 +156,7 @@ def cpu_part(args) -> dict:
     onnx.checker.check_model(files['dynamic'])
     ref = reference_outputs(model, x, 'backbone')
     ref_att = reference_outputs(attn_model, x, 'backbone')
-    sessions = {k: ort_session(p, args.threads) for k, p in files.items()}
-    for sess in sessions.values():  # warm up
-        for _ in range(3):
-            sess.run(None, {'input': feed})
-    times = {k: [] for k in files}
-    for _ in range(args.runs):  # interleaved: same machine state for all
-        for key, sess in sessions.items():
-            start = time.perf_counter()
-            sess.run(None, {'input': feed})
-            times[key].append((time.perf_counter() - start) * 1e3)
+    times = time_interleaved(files, feed, args.threads, args.runs)
     res = {}
     for key, path in files.items():
         want = ref_att if key.startswith('ours_att') else ref
@@ -167,8 +174,97 @@ def cpu_part(args) -> dict:
                 or k in ('MatMul', 'FusedMatMul', 'Add')
             },
         )
-    del sessions
+        if key in convs:  # quantized Convs of the onnxruntime-only copy
+            res[key]['fused'].update(convs[key])
     shutil.rmtree(tmp, ignore_errors=True)  # ~270 MB of .onnx files
+    return res
+
+
+def time_interleaved(files: dict, feed, threads: int, runs: int) -> dict:
+    """Per-run wall times (ms) of each file, one process, rounds
+    interleaved (every file sees the same machine state), after 3 warm-up
+    runs each."""
+    from gpusq_mm.deploy.verify import ort_session
+
+    sessions = {k: ort_session(p, threads) for k, p in files.items()}
+    for sess in sessions.values():  # warm up
+        for _ in range(3):
+            sess.run(None, {'input': feed})
+    times = {k: [] for k in files}
+    for _ in range(runs):  # interleaved: same machine state for all
+        for key, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(None, {'input': feed})
+            times[key].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def seg_part(args) -> dict:
+    """FP32 vs QDQ vs onnxruntime-only copies of a trained segmentor."""
+    from gpusq_mm.deploy import (
+        export_onnx,
+        load_student,
+        make_input,
+        parity,
+        run_onnx,
+    )
+    from gpusq_mm.deploy.api import reference_outputs
+    from gpusq_mm.deploy.ort_opt import save_ort_optimized
+
+    config, checkpoint = args.seg
+    model, _ = load_student(config, checkpoint)
+    x = make_input(model, args.seg_shape)
+    feed = x.numpy()
+    tmp = tempfile.mkdtemp(prefix='bench_deploy_seg_')
+    quiet = lambda *a: None  # noqa: E731
+    files = {}
+    files['fp32'] = export_onnx(
+        model,
+        x,
+        osp.join(tmp, 'fp32.onnx'),
+        'full',
+        quantized=False,
+        log=quiet,
+    )['path']
+    qdq = export_onnx(
+        model,
+        x,
+        osp.join(tmp, 'qdq.onnx'),
+        'full',
+        act_dtype='uint8',
+        log=quiet,
+    )
+    if qdq['mode'] == 'fp32':
+        raise SystemExit(
+            f'bench_deploy: error: {checkpoint} has no quantizers on (not '
+            'a QAT student): nothing to compare'
+        )
+    files['qdq'] = qdq['path']
+    counts = {}
+    for mode in ('keep', 'float', 'integer'):
+        out = save_ort_optimized(
+            files['qdq'], osp.join(tmp, f'ort_{mode}.onnx'), conv=mode
+        )
+        files[f'ort_{mode}'] = out['path']
+        counts[f'ort_{mode}'] = {
+            k: out[k] for k in ('conv_rewritten', 'conv_kept', 'bn_folded')
+        }
+    times = time_interleaved(files, feed, args.threads, args.runs)
+    ref = reference_outputs(model, x, 'full')
+    qdq_out = run_onnx(files['qdq'], feed)
+    res = {}
+    for key, path in files.items():
+        outs = run_onnx(path, feed)
+        res[key] = dict(
+            ms=float(np.median(times[key])),
+            mb=osp.getsize(path) / 2**20,
+            cosine=min(r['cosine'] for r in parity(ref, outs)),
+            vs_qdq=max(
+                float(np.abs(a - b).max()) for a, b in zip(qdq_out, outs)
+            ),
+            counts=counts.get(key, {}),
+        )
+    shutil.rmtree(tmp, ignore_errors=True)
     return res
 
 
@@ -263,8 +359,31 @@ def main(argv=None) -> dict:
     parser.add_argument('--runs', type=int, default=20)
     parser.add_argument('--size', type=int, default=224)
     parser.add_argument('--no-gpu', action='store_true')
+    parser.add_argument(
+        '--seg',
+        nargs=2,
+        metavar=('CONFIG', 'CHECKPOINT'),
+        help='time this segmentor student instead of the Swin-T backbone',
+    )
+    parser.add_argument(
+        '--seg-shape',
+        default='1x3x192x192',
+        help='input shape of --seg (default 1x3x192x192)',
+    )
     args = parser.parse_args(argv)
+    if args.seg:
+        args.seg_shape = _shape(parser, args.seg_shape)
+        if args.size != parser.get_default('size'):
+            parser.error("--size is the Swin-T part's: use --seg-shape")
+    elif args.seg_shape != parser.get_default('seg_shape'):
+        parser.error('--seg-shape needs --seg')
     import onnxruntime
+
+    if args.seg:
+        res = seg_main(args, onnxruntime.__version__)
+        if not args.no_gpu:
+            gpu_part()
+        return res
 
     print(
         f'{time.strftime("%Y-%m-%d %H:%M")} {platform.processor() or ""} '
@@ -294,6 +413,42 @@ def main(argv=None) -> dict:
     )
     if not args.no_gpu:
         gpu_part()
+    return res
+
+
+def _shape(parser, text: str) -> tuple:
+    try:
+        shape = tuple(int(v) for v in text.lower().split('x'))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        parser.error(f'--seg-shape must be NxCxHxW, got {text!r}')
+    return shape
+
+
+def seg_main(args, ort_version: str) -> dict:
+    print(
+        f'{time.strftime("%Y-%m-%d %H:%M")} {platform.processor() or ""} '
+        f'{platform.machine()}, onnxruntime {ort_version}, torch '
+        f'{torch.__version__}, {args.threads} threads, segmentor '
+        f'{args.seg[1]} at {"x".join(map(str, args.seg_shape))}, '
+        f'{args.runs} runs each'
+    )
+    load = os.getloadavg()
+    res = seg_part(args)
+    load = [max(a, b) for a, b in zip(load, os.getloadavg())]
+    base = res['fp32']
+    for key, row in res.items():
+        print(
+            f'{key:12s} {row["ms"]:8.2f} ms  {row["mb"]:6.2f} MB  '
+            f'speed-up {base["ms"] / row["ms"]:.2f}x  cosine vs fake-quant '
+            f'{row["cosine"]:.6f}  max abs diff vs qdq {row["vs_qdq"]:.3g}  '
+            f'{row["counts"]}'
+        )
+    print(
+        'load average (1/5/15 min, max of start and end): '
+        + ' '.join(f'{a:.2f}' for a in load)
+    )
     return res
 
 

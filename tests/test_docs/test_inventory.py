@@ -144,6 +144,15 @@ INVENTORY = {
     ): _BENCH,
     (BENCH, '.venv/bin/python bench/bench_deploy.py --no-gpu'): _BENCH,
 }
+for _threads in ('', ' --threads 1'):
+    INVENTORY[
+        (
+            BENCH,
+            '.venv/bin/python bench/bench_deploy.py --no-gpu --seg '
+            'work_dirs/demo/seg/gpusq.py '
+            f'work_dirs/demo/seg/gpusq/student_final.pth{_threads} --runs 30',
+        )
+    ] = 'tests/test_deploy/test_ort_opt.py::test_bench_seg_commands'
 for _name in (
     'detr_r50_coco',
     'dino_swin_coco',

@@ -79,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--ort-out',
         help='also write an onnxruntime-only copy: its optimized graph with '
-        'the Linear biases folded into the integer kernels (faster on '
+        'the Linear biases folded into the integer kernels and the '
+        'quantized Convs given constant (dequantized) weights (faster on '
         'onnxruntime CPU; keep --out for TensorRT)',
     )
     parser.add_argument('--seed', type=int, default=0, help='input seed')
@@ -131,8 +132,15 @@ def _ort_copy(src: str, dst: str, shape) -> dict:
         float(np.abs(a - b).max())
         for a, b in zip(run_onnx(src, x), run_onnx(dst, x))
     )
+    convs = (
+        f'{res["conv_rewritten"]} quantized Convs rewritten '
+        f'({res["conv_mode"]}; {res["bn_folded"]} BatchNorms folded in, '
+        f'{res["conv_kept"]} kept), '
+        if res['conv_rewritten'] or res['conv_kept']
+        else ''
+    )
     print(
-        f'[ort] {res["folded_bias"]} biases folded, '
+        f'[ort] {res["folded_bias"]} biases folded, {convs}'
         f'{res["file_bytes"] / 2**20:.2f} MB written to {dst} '
         f'(onnxruntime only; max abs diff to {src}: {diff:.2g})'
     )
