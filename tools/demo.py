@@ -55,6 +55,7 @@ from gpusq_demo.results import (  # noqa: F401
     dense_curve,
     measure_model,
     metric_at,
+    paired_rows,
     plot_curve,
     read_val_metrics,
     seed_stats,
@@ -351,9 +352,27 @@ def main(argv=None) -> List[dict]:
                     measure_model(cfg, last_checkpoint(run_dir)),
                 )
             )
+        paired = {}
+        if spec.get('paired'):
+            from mmengine.config import Config
+
+            unit = (
+                'iter' if _iter_based(Config.fromfile(gpusq_cfg)) else 'epoch'
+            )
+            stage1_ckpt = osp.join(gpusq_dir, f'{unit}_{sched["stage1"]}.pth')
+            paired = paired_rows(
+                {
+                    'dense': (dense_cfg, dense_ckpt),
+                    'sparse24_nokd': (nokd_cfg, nokd_ckpt),
+                    'sparse24': (gpusq_cfg, stage1_ckpt),
+                    'sparse24_int8': (gpusq_cfg, last_checkpoint(gpusq_dir)),
+                }
+            )
         for stage, value, measured in results:
             row = dict(task=task, stage=stage, metric=key, value=value)
             row.update(measured, size_mb=round(measured['size_mb'], 4))
+            if stage in paired:
+                row['paired'] = paired[stage]
             if stage == 'dense':
                 row.update(curve)
             if seed_values.get(stage):

@@ -19,6 +19,7 @@ that reason.
 """
 
 import copy
+import os.path as osp
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -60,14 +61,20 @@ def per_image_stats(
         ``IoUMetric``, ``correct`` ``(N,)`` for ``Accuracy``), ``reported``
         (the evaluator's own full-set value).
     """
+    from mmengine.config import Config
     from mmengine.evaluator import Evaluator
     from mmengine.registry import DefaultScope
     from mmengine.runner import Runner
 
     from gpusq_mm.deploy.loading import load_student
 
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'config file not found: {config}')
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    metric_cfg = _metric_cfg(cfg)  # before loading: refuse early
     model, cfg = load_student(config, checkpoint, cfg_options)
-    metric_cfg = _metric_cfg(cfg)
     kind = metric_cfg['type']
     if kind == 'Accuracy':
         metric_cfg['topk'] = (1,)

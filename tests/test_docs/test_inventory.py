@@ -107,6 +107,13 @@ INVENTORY = {
     ): (f'{DEPLOY_TEST}::test_readme_deploy_commands'),
     (
         README,
+        'python tools/analysis/compare_runs.py work_dirs/demo/cls/nokd.py '
+        'work_dirs/demo/cls/sparse24_nokd/epoch_2.pth '
+        'work_dirs/demo/cls/gpusq/epoch_2.pth '
+        '--config-b work_dirs/demo/cls/gpusq.py',
+    ): f'{DEPLOY_TEST}::test_readme_compare_runs_command',
+    (
+        README,
         'python tools/train.py '
         'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py --gpusq dense.pth',
     ): f'{CONFIGS_TEST}::test_upstream_config_with_the_gpusq_flag',

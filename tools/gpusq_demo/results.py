@@ -201,6 +201,59 @@ def measure_model(
     return out
 
 
+# (row, compared with): B - A over the same val images, per task whose
+# metric is a per-image sum (mIoU, top-1; not COCO mAP)
+PAIRS = (
+    ('sparse24', 'sparse24_nokd'),
+    ('sparse24', 'dense'),
+    ('sparse24_int8', 'dense'),
+)
+
+
+def paired_rows(
+    runs: Dict[str, tuple], boot: int = 1000
+) -> Dict[str, Dict[str, dict]]:
+    """Paired comparisons of the rows on the same val images.
+
+    Args:
+        runs (dict): stage -> ``(config, checkpoint)`` of each row in
+            :data:`PAIRS`.
+        boot (int): paired bootstrap resamples. Defaults to 1000.
+
+    Returns:
+        dict: row -> ``{'vs_<other>': gpusq_mm.utils.paired_eval
+        .paired_compare(other, row)}`` (``diff`` = row - other with its
+        95 % interval, ``one_image_*`` swings) and ``rescored`` (the row's
+        metric recomputed from the per-image statistics).
+    """
+    from gpusq_mm.utils.paired_eval import (
+        metric_of,
+        paired_compare,
+        per_image_stats,
+    )
+
+    scored = {}
+    for stage in sorted({s for pair in PAIRS for s in pair}):
+        config, checkpoint = runs[stage]
+        scored[stage] = per_image_stats(config, checkpoint)
+    out: Dict[str, Dict[str, dict]] = {}
+    for row, other in PAIRS:
+        res = paired_compare(scored[other], scored[row], boot=boot)
+        out.setdefault(row, {})[f'vs_{other}'] = res
+        low, high = res['ci95']
+        swing = max(res['one_image_a'], res['one_image_b'])
+        log(
+            f'[paired] {row} - {other}: {res["diff"]:+.2f} '
+            f'[{low:+.2f}, {high:+.2f}] on {res["images"]} images '
+            f'(one image: up to {swing:.2f})'
+        )
+    for row, res in out.items():
+        stats = scored[row]
+        n = len(next(iter(stats['stats'].values())))
+        res['rescored'] = round(metric_of(stats, list(range(n))), 3)
+    return out
+
+
 def size_mb(config: str, checkpoint: str) -> float:
     """Deployment size of the model in ``checkpoint`` (see model_size)."""
     return measure_model(config, checkpoint)['size_mb']

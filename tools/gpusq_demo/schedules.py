@@ -54,6 +54,9 @@ TASKS = {
         metric='mIoU',
         data='ade',
         extra_rows=EXTRA_ROWS,
+        # paired comparisons of rows on the same val images (mIoU and
+        # top-1 are sums over images; COCO mAP is not, so not for det)
+        paired=True,
         # UperNet's pyramid pooling (1, 2, 3, 6) needs the stride-32 map to
         # be a multiple of 6 for the ONNX exporter: 192 = 6 x 32
         deploy=dict(part='full', shape=(1, 3, 192, 192)),
@@ -64,6 +67,7 @@ TASKS = {
         metric='accuracy/top1',
         data='cls',
         extra_rows=EXTRA_ROWS,
+        paired=True,
         # the same tiny Swin as the seg model's, window 7 included
         backbone_from='seg',
         deploy=dict(part='full', shape=(1, 3, 56, 56)),
