@@ -161,8 +161,26 @@ def test_demo_quick_writes_all_rows(tmp_path):
         (t, s) for t in ('det', 'seg', 'cls') for s in QUICK_STAGES
     }
     metrics = {'det': 'coco/bbox_mAP', 'seg': 'mIoU', 'cls': 'accuracy/top1'}
+    value = {(r['task'], r['stage']): r['value'] for r in rows}
     for r in rows:
         base = {'task', 'stage', 'metric', 'value', 'size_mb'}
+        if r['task'] != 'det' and r['stage'] in ('sparse24', 'sparse24_int8'):
+            # paired comparisons on the same val images (mIoU / top-1 are
+            # per-image sums; COCO mAP is not): the per-image statistics
+            # give the row's own metric and the other row's
+            base = base | {'paired'}
+            p = r.pop('paired')
+            others = {'sparse24': {'sparse24_nokd', 'dense'}}
+            others = others.get(r['stage'], {'dense'})
+            assert set(p) == {f'vs_{o}' for o in others} | {'rescored'}
+            assert abs(p['rescored'] - r['value']) <= 0.011, (r, p)
+            for other in others:
+                c = p[f'vs_{other}']
+                assert abs(c['a'] - value[r['task'], other]) <= 0.011, c
+                assert abs(c['b'] - r['value']) <= 0.011, c
+                assert c['ci95'][0] <= c['ci95'][1], c
+                assert c['one_image_a'] >= 0 and c['one_image_b'] >= 0, c
+            r['paired'] = p
         if r['stage'] == 'sparse24_int8':  # the final student: exported
             assert set(r) == base | set(DEPLOY) | {'onnx_cosine'}
         elif r['stage'] == 'dense':  # the teacher's learning curve
@@ -200,6 +218,43 @@ def test_demo_quick_writes_all_rows(tmp_path):
     for task in ('det', 'seg', 'cls'):
         assert osp.isfile(tmp_path / task / 'gpusq' / 'student_final.pth')
         assert osp.isfile(tmp_path / task / 'onnx' / 'quant.onnx')
+    _run_bench_block(tmp_path)
+
+
+def _run_bench_block(demo_dir):
+    """bench/README.md's bash block (``tools/test.py``, ``export_onnx.py``
+    and ``eval_onnx.py`` on the demo's cls and seg students), run as
+    written in a scratch folder whose ``work_dirs/demo`` is ``demo_dir``
+    (``python``: this interpreter; stops at the first failure)."""
+    import os
+    import re
+    import subprocess
+
+    with open(osp.join(REPO_ROOT, 'bench', 'README.md')) as f:
+        (block,) = re.findall(r'```bash\n(.*?)```', f.read(), re.S)
+    assert 'W=work_dirs/demo' in block
+    root = demo_dir / 'bench_block'
+    (root / 'work_dirs').mkdir(parents=True)
+    os.symlink(demo_dir, root / 'work_dirs' / 'demo')
+    for name in ('tools', 'configs'):
+        os.symlink(osp.join(REPO_ROOT, name), root / name)
+    (root / 'block.sh').write_text(block)
+    path = osp.dirname(sys.executable) + os.pathsep + os.environ['PATH']
+    env = dict(os.environ, PATH=path, PYTHONPATH=REPO_ROOT)
+    proc = subprocess.run(
+        ['bash', '-e', 'block.sh'],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    for task in ('cls', 'seg'):
+        assert (demo_dir / task / 'student.onnx').stat().st_size > 0, task
+    # eval_onnx exits non-zero when the export scores worse than PyTorch
+    assert out.count('same prediction') == 2, out[-4000:]
 
 
 def test_detector_backbone_starts_from_the_seg_model(
