@@ -23,6 +23,7 @@ from .parts import PARTS, PartModule, make_input, model_family
 from .verify import (
     FUSED_OPS,
     fused_ops,
+    ort_latencies_ms,
     ort_latency_ms,
     ort_supports_int4,
     parity,
@@ -43,6 +44,7 @@ __all__ = [
     'load_student',
     'make_input',
     'model_family',
+    'ort_latencies_ms',
     'ort_latency_ms',
     'ort_supports_int4',
     'parity',

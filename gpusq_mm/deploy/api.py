@@ -21,6 +21,7 @@ from .parts import PartModule, make_input
 from .verify import (
     FUSED_OPS,
     fused_ops,
+    ort_latencies_ms,
     ort_latency_ms,
     parity,
     run_onnx,
@@ -181,9 +182,14 @@ def export_and_measure(
 
     Returns:
         dict: ``fp32_file_mb``, ``fp32_ort_latency_ms``, ``file_mb``,
-        ``ort_latency_ms`` (quantized; None when not quantized),
-        ``size_ratio``, ``speedup``, ``cosine`` (quantized vs fake-quant
-        PyTorch), ``mode``, ``fused_ops``.
+        ``ort_latency_ms`` (the quantized QDQ file, TensorRT's format;
+        None when not quantized), ``ort_opt_file_mb`` /
+        ``ort_opt_latency_ms`` (its onnxruntime-only copy,
+        ``ort_opt.onnx``: see :func:`gpusq_mm.deploy.ort_opt
+        .save_ort_optimized`), ``size_ratio``, ``speedup`` (FP32 / QDQ),
+        ``ort_opt_speedup`` (FP32 / copy), ``cosine`` (quantized vs
+        fake-quant PyTorch), ``mode``, ``fused_ops``. With a quantized
+        student the three files are timed in interleaved rounds.
     """
     model, _ = load_student(config, checkpoint, cfg_options)
     inputs = make_input(model, shape)
@@ -201,12 +207,13 @@ def export_and_measure(
         shape=list(shape),
         threads=threads,
         fp32_file_mb=_mb(fp32['file_bytes']),
-        fp32_ort_latency_ms=ort_latency_ms(
-            fp32['path'], feed, threads, runs=runs
-        ),
+        fp32_ort_latency_ms=None,
         mode='fp32',
         file_mb=None,
         ort_latency_ms=None,
+        ort_opt_file_mb=None,
+        ort_opt_latency_ms=None,
+        ort_opt_speedup=None,
         size_ratio=None,
         speedup=None,
         cosine=None,
@@ -221,24 +228,41 @@ def export_and_measure(
         log=log,
     )
     if quant['mode'] == 'fp32':
+        res['fp32_ort_latency_ms'] = ort_latency_ms(
+            fp32['path'], feed, threads, runs=runs
+        )
         return res
-    lat = ort_latency_ms(quant['path'], feed, threads, runs=runs)
-    rows = parity(
-        reference_outputs(model, inputs, part), run_onnx(quant['path'], feed)
+    from .ort_opt import save_ort_optimized
+
+    opt = save_ort_optimized(quant['path'], osp.join(out_dir, 'ort_opt.onnx'))
+    t_fp32, lat, t_opt = ort_latencies_ms(
+        [fp32['path'], quant['path'], opt['path']], feed, threads, runs=runs
     )
+    ref = reference_outputs(model, inputs, part)
+    rows = parity(ref, run_onnx(quant['path'], feed))
+    rows_opt = parity(ref, run_onnx(opt['path'], feed))
     res.update(
         mode=quant['mode'],
+        fp32_ort_latency_ms=t_fp32,
         file_mb=_mb(quant['file_bytes']),
         ort_latency_ms=lat,
+        ort_opt_file_mb=_mb(opt['file_bytes']),
+        ort_opt_latency_ms=t_opt,
         size_ratio=quant['file_bytes'] / fp32['file_bytes'],
-        speedup=res['fp32_ort_latency_ms'] / lat,
-        cosine=float(np.min([r['cosine'] for r in rows])),
+        speedup=t_fp32 / lat,
+        ort_opt_speedup=t_fp32 / t_opt,
+        cosine=float(
+            np.min(
+                [r['cosine'] for r in rows] + [r['cosine'] for r in rows_opt]
+            )
+        ),
         fused_ops=fused_ops(quant['path']),
     )
     log(
-        f'[measure] FP32 {res["fp32_file_mb"]:.2f} MB '
-        f'{res["fp32_ort_latency_ms"]:.2f} ms; {res["mode"]} '
-        f'{res["file_mb"]:.2f} MB {lat:.2f} ms '
-        f'({res["speedup"]:.2f}x faster, {res["size_ratio"]:.3f}x size)'
+        f'[measure] FP32 {res["fp32_file_mb"]:.2f} MB {t_fp32:.2f} ms; '
+        f'{res["mode"]} {res["file_mb"]:.2f} MB {lat:.2f} ms '
+        f'({res["speedup"]:.2f}x faster, {res["size_ratio"]:.3f}x size); '
+        f'onnxruntime copy {res["ort_opt_file_mb"]:.2f} MB {t_opt:.2f} ms '
+        f'({res["ort_opt_speedup"]:.2f}x)'
     )
     return res

@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     'FUSED_OPS',
     'fused_ops',
+    'ort_latencies_ms',
     'ort_latency_ms',
     'ort_session',
     'ort_supports_int4',
@@ -126,6 +127,30 @@ def ort_latency_ms(
         sess.run(None, feed)
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1e3)
+
+
+def ort_latencies_ms(
+    paths: Sequence[str],
+    inputs: np.ndarray,
+    threads: int = 2,
+    warmup: int = 3,
+    runs: int = 10,
+) -> List[float]:
+    """Median wall time (ms) of one ``session.run`` of each file, timed in
+    interleaved rounds (each round runs every file once), so that a noisy
+    machine slows them alike and their ratios stay meaningful."""
+    sessions = [ort_session(p, threads) for p in paths]
+    feeds = [{s.get_inputs()[0].name: inputs} for s in sessions]
+    for _ in range(warmup):
+        for sess, feed in zip(sessions, feeds):
+            sess.run(None, feed)
+    times: List[List[float]] = [[] for _ in paths]
+    for _ in range(runs):
+        for i, (sess, feed) in enumerate(zip(sessions, feeds)):
+            start = time.perf_counter()
+            sess.run(None, feed)
+            times[i].append(time.perf_counter() - start)
+    return [float(np.median(t) * 1e3) for t in times]
 
 
 def ort_supports_int4() -> Tuple[bool, str]:

@@ -274,6 +274,14 @@ def test_export_and_measure_for_the_demo(tmp_path):
     )
     assert res['size_ratio'] < 0.4  # int8 weights, FP32 norms / embedding
     assert res['ort_latency_ms'] > 0 and res['fp32_ort_latency_ms'] > 0
+    # the onnxruntime-only copy, timed in the same interleaved rounds
+    assert res['ort_opt_file_mb'] == pytest.approx(
+        osp.getsize(tmp_path / 'ort_opt.onnx') / 2**20
+    )
+    assert res['ort_opt_latency_ms'] > 0
+    assert res['ort_opt_speedup'] == pytest.approx(
+        res['fp32_ort_latency_ms'] / res['ort_opt_latency_ms']
+    )
     assert res['fused_ops'].get('MatMulIntegerToFloat', 0) > 0
     # its default activation type: uint8, zero point 128 (the int8 grid)
     from onnx import numpy_helper

@@ -55,7 +55,14 @@ QUICK_STAGES = (
     'sparse24_nokd',
     'sparse24_int8',
 )
-DEPLOY = ('onnx_fp32_mb', 'onnx_int8_mb', 'onnx_fp32_ms', 'onnx_int8_ms')
+DEPLOY = (
+    'onnx_fp32_mb',
+    'onnx_int8_mb',
+    'onnx_fp32_ms',
+    'onnx_int8_ms',
+    'onnx_int8_ort_mb',
+    'onnx_int8_ort_ms',
+)
 
 
 def test_quick_runs_the_extra_rows_only_when_asked():
@@ -211,6 +218,10 @@ def test_demo_quick_writes_all_rows(tmp_path):
         # computes what the fake-quant student computes
         assert 0 < r['onnx_int8_mb'] < 0.5 * r['onnx_fp32_mb'], task
         assert r['onnx_fp32_ms'] > 0 and r['onnx_int8_ms'] > 0, task
+        # the onnxruntime-only copy (biases / Convs folded): measured too
+        assert 0 < r['onnx_int8_ort_mb'] < r['onnx_fp32_mb'], task
+        assert r['onnx_int8_ort_ms'] > 0, task
+        assert osp.isfile(tmp_path / task / 'onnx' / 'ort_opt.onnx')
         assert r['onnx_cosine'] > 0.99, task
     # the ONNX columns are in the printed table
     assert 'int8 MB' in demo.table(rows).splitlines()[0]
