@@ -31,7 +31,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from .parts import PartModule
+from .parts import ENCODER_PART, PartModule, freeze_reference_points
 from .prepare import prepare_export_copy, quant_summary
 from .qdq import count_ops, quantize_weight_initializers
 
@@ -45,6 +45,7 @@ class ExportError(RuntimeError):
 DEFAULT_OPSET = 17
 INT4_OPSET = 21
 _TRACE_MAX_OPSET = 20  # the TorchScript exporter's newest
+GRID_SAMPLE_OPSET = 16  # mmcv's PyTorch deformable attention: grid_sample
 
 
 def _export(*args, **kwargs) -> None:
@@ -131,8 +132,9 @@ def export_onnx(
         model (nn.Module): the upstream student (not modified).
         inputs (torch.Tensor): an example input (its shape is fixed).
         out (str): the ``.onnx`` file to write.
-        part (str): ``'full'``, ``'backbone'`` or ``'backbone+neck'``.
-            Defaults to 'full'.
+        part (str): ``'full'``, ``'backbone'``, ``'backbone+neck'`` or
+            ``'backbone+neck+encoder'`` (DETR family; see
+            :mod:`gpusq_mm.deploy.parts`). Defaults to 'full'.
         opset (int, optional): ONNX opset; default 17 (21 with INT4
             weights). INT8 needs >= 13, INT4 >= 21.
         quantized (bool): False: the FP32 export (quantizers off).
@@ -145,7 +147,9 @@ def export_onnx(
     Returns:
         dict: ``path``, ``mode`` (``'fp32'`` / ``'int8'`` / ``'int4'``),
         ``opset``, ``quantized_layers`` (name -> op), ``ops`` (op counts),
-        ``file_bytes``, ``outputs`` (names).
+        ``file_bytes``, ``outputs`` (names), ``encoder_levels`` (the
+        ``(h, w)`` of each level of the encoder memory, row-major in this
+        order; empty unless the part has the encoder).
     """
     summary = quant_summary(model)
     quantized = quantized and bool(summary['weights'])
@@ -164,6 +168,17 @@ def export_onnx(
         opset = INT4_OPSET if bits == 4 else DEFAULT_OPSET
     if opset < need:
         raise ValueError(f'{mode} export needs opset >= {need}, got {opset}')
+    deformable = [
+        n
+        for n, m in model.named_modules()
+        if type(m).__name__ == 'MultiScaleDeformableAttention'
+    ]
+    if part == ENCODER_PART and deformable and opset < GRID_SAMPLE_OPSET:
+        raise ValueError(
+            f'the deformable attention of {type(model).__name__} '
+            f'({deformable[0]}) exports as GridSample, which needs opset >= '
+            f'{GRID_SAMPLE_OPSET}, got {opset}'
+        )
     if bits == 4:
         from .verify import ort_supports_int4
 
@@ -174,12 +189,18 @@ def export_onnx(
                 f'{why}. Supported: FP32 and INT8 (W8A8) students'
             )
     dup, weights = prepare_export_copy(model, quantized, act_dtype)
+    if part == ENCODER_PART:
+        freeze_reference_points(dup)
     wrapper = PartModule(dup, part).eval()
     ref, called = _run_recording(wrapper, inputs, [w.layer for w in weights])
     # layers outside the exported part (e.g. an auxiliary head) are not in
     # the graph; every layer that ran must be found there
     weights = [w for w in weights if w.layer in called]
-    log(f'[trace] {part} of {type(model).__name__}, {mode}, opset {opset}')
+    levels = [list(hw) for hw in wrapper.encoder_levels]
+    log(
+        f'[trace] {part} of {type(model).__name__}, {mode}, opset {opset}'
+        + (f'; encoder memory of levels (h, w) {levels}' if levels else '')
+    )
     graph = _trace(wrapper, inputs, opset, len(ref))
     for w in weights:
         w.initializer = f'model.{w.initializer}'
@@ -201,4 +222,5 @@ def export_onnx(
         file_bytes=osp.getsize(out),
         outputs=[o.name for o in graph.graph.output],
         activation_dtype=act_dtype if quantized else None,
+        encoder_levels=levels,
     )

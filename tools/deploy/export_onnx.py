@@ -1,8 +1,9 @@
 """Export a GPUSQ student (any stage) to ONNX and check it in onnxruntime.
 
     python tools/deploy/export_onnx.py CONFIG CHECKPOINT --out model.onnx \
-        [--part full|backbone|backbone+neck] [--shape 1x3xHxW] [--opset N] \
-        [--tolerance 0.999] [--fp32] [--act-dtype int8|uint8]
+        [--part full|backbone|backbone+neck|backbone+neck+encoder] \
+        [--shape 1x3xHxW] [--opset N] [--tolerance 0.999] [--fp32] \
+        [--act-dtype int8|uint8]
 
 A QAT student exports with QuantizeLinear / DequantizeLinear activations
 and integer (INT8, or INT4 where onnxruntime runs it) weight initializers
@@ -11,6 +12,11 @@ student (or ``--fp32``) exports as FP32. The graph then runs in
 onnxruntime on a generated input and its outputs are compared with the
 PyTorch (fake-quant) forward: the tool exits with status 1 when the
 cosine similarity of any output is below ``--tolerance``.
+
+Parts: ``full`` (classifiers, segmentors), ``backbone``, ``backbone+neck``
+(detectors: no proposals / RoIAlign / NMS) and ``backbone+neck+encoder``
+(DETR-family detectors: the transformer encoder's memory, the input
+unpadded; its levels' sizes are printed).
 """
 
 import argparse
@@ -49,7 +55,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('config', help='the (gpusq) config file')
     parser.add_argument('checkpoint', help='student_final.pth or any ckpt')
     parser.add_argument('--out', required=True, help='the .onnx to write')
-    parser.add_argument('--part', choices=PARTS, default='full')
+    parser.add_argument(
+        '--part',
+        choices=PARTS,
+        default='full',
+        help='exported part: full (classifiers, segmentors; default), '
+        'backbone, backbone+neck (detectors) or backbone+neck+encoder '
+        '(DETR / Deformable DETR / DINO: the encoder memory)',
+    )
     parser.add_argument(
         '--shape',
         type=parse_shape,
