@@ -32,7 +32,8 @@ __all__ = [
 ]
 
 #: QAT share of the run when no start is given (pytorch-quantization's
-#: guide: about 10 % of the original schedule; 2 of 12 epochs here).
+#: guide: about 10 % of the original schedule; 4 of the demo classifier's 24
+#: epochs).
 DEFAULT_QAT_RATIO = 0.15
 _GPUSQ_TYPES = ('gpusq_mm.GPUSQ', 'GPUSQ')
 _HOOK_TYPES = (

@@ -72,7 +72,7 @@ INVENTORY = {
     (
         README,
         'python tools/train.py configs/gpusq/demo/swin_cls_tiny_dense.py '
-        '--gpusq work_dirs/swin_cls_tiny_dense/epoch_12.pth',
+        '--gpusq work_dirs/swin_cls_tiny_dense/epoch_24.pth',
     ): f'{FLAG_TEST}::test_readme_gpusq_commands',
     (
         README,

@@ -2,7 +2,7 @@
 
 In a scratch folder laid out as the README assumes (``tools/``,
 ``configs/``, the generated demo data under ``data/gpusq_demo/cls`` and a
-dense checkpoint at ``work_dirs/swin_cls_tiny_dense/epoch_12.pth``):
+dense checkpoint at ``work_dirs/swin_cls_tiny_dense/epoch_24.pth``):
 ``tools/train.py CONFIG --gpusq DENSE.pth`` compresses the tiny dense
 classifier config (no gpusq config at all: 2:4 + KD, then INT8 QAT over
 the last 15 % of its 30 epochs) and ``tools/test.py CONFIG STUDENT --gpusq``
@@ -26,7 +26,7 @@ CONFIG = 'configs/gpusq/demo/swin_cls_tiny_dense.py'
 #: the two commands of the README's "Using it on your model" section
 TRAIN = (
     'python tools/train.py configs/gpusq/demo/swin_cls_tiny_dense.py '
-    '--gpusq work_dirs/swin_cls_tiny_dense/epoch_12.pth'
+    '--gpusq work_dirs/swin_cls_tiny_dense/epoch_24.pth'
 )
 TEST = (
     'python tools/test.py configs/gpusq/demo/swin_cls_tiny_dense.py '
@@ -62,13 +62,13 @@ def test_readme_gpusq_commands(tmp_path, dense_checkpoint, monkeypatch):
     # 6 train / 6 val images: one small batch per epoch
     generate_task('cls', str(tmp_path / 'data' / 'gpusq_demo'), 6, 6)
     os.makedirs(tmp_path / 'work_dirs' / 'swin_cls_tiny_dense')
-    dense = tmp_path / 'work_dirs/swin_cls_tiny_dense/epoch_12.pth'
+    dense = tmp_path / 'work_dirs/swin_cls_tiny_dense/epoch_24.pth'
     dense_checkpoint(osp.join(REPO_ROOT, CONFIG), str(dense))
     runner = _run(TRAIN, tmp_path, monkeypatch)
     hook = next(h for h in runner.hooks if isinstance(h, GPUSQHook))
-    assert hook.qat.begin_epoch == 10  # round(12 * (1 - 0.15))
-    assert runner.epoch == 12 and runner.model.stage == 2
-    # the last validation ran after the last step (epoch 12, no EMA model):
+    assert hook.qat.begin_epoch == 20  # round(24 * (1 - 0.15))
+    assert runner.epoch == 24 and runner.model.stage == 2
+    # the last validation ran after the last step (epoch 24, no EMA model):
     # the weights student_final.pth holds
     last_val = runner.message_hub.get_scalar('val/accuracy/top1').current()
     student = tmp_path / 'work_dirs/swin_cls_tiny_dense_gpusq'

@@ -101,9 +101,9 @@ RUN_ORDER = ('seg', 'det', 'cls')
 SCHEDULES = {
     'full': {
         'det': dict(dense=500, stage1=100, qat=50, data=(160, 80)),
-        'seg': dict(dense=1000, stage1=100, qat=100, data=(160, 80)),
+        'seg': dict(dense=2000, stage1=100, qat=100, data=(160, 80)),
         # kd_seeds: sparse24 and sparse24_nokd over this many seeds
-        'cls': dict(dense=12, stage1=2, qat=1, data=(3000, 600), kd_seeds=3),
+        'cls': dict(dense=24, stage1=2, qat=1, data=(3000, 600), kd_seeds=3),
     },
     'quick': {
         'det': dict(dense=60, stage1=30, qat=10, data=(32, 8)),

@@ -7,7 +7,7 @@
 _base_ = './swin_cls_tiny_dense.py'
 model = dict(_delete_=True, type='gpusq_mm.GPUSQ', architecture=_base_.model,
              teacher=dict(checkpoint='work_dirs/swin_cls_tiny_dense/'
-                          'epoch_12.pth'))
+                          'epoch_24.pth'))
 train_cfg = dict(max_epochs=3, val_interval=2)  # 2 epochs 2:4, 1 QAT
 param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min_ratio=0.05, by_epoch=True,

@@ -13,7 +13,7 @@ data_root = 'data/gpusq_demo/ade'
 classes = ('wall', 'sky', 'floor', 'grass', 'curtain', 'rug')
 num_classes = len(classes)
 crop_size = (256, 256)
-max_iters = 1000
+max_iters = 2000  # 1000 left the teacher rising (+3.4 mIoU in its last quarter)
 val_interval = max_iters // 4  # the learning curve: 4 validations
 embed_dims = 32
 norm_cfg = dict(type='BN', requires_grad=True)

@@ -7,7 +7,7 @@
 _base_ = './swin_upernet_tiny_dense.py'
 model = dict(_delete_=True, type='gpusq_mm.GPUSQ', architecture=_base_.model,
              teacher=dict(checkpoint='work_dirs/swin_upernet_tiny_dense/'
-                          'iter_1000.pth'))
+                          'iter_2000.pth'))
 train_cfg = dict(max_iters=200, val_interval=100)  # 100 it 2:4, 100 QAT
 param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min_ratio=0.05, by_epoch=False,
