@@ -6,7 +6,6 @@ INT8) without a Runner, saved as ``student_final.pth`` would be, exported
 with ``--part backbone+neck+encoder`` and run in onnxruntime.
 """
 
-import importlib.util
 import os.path as osp
 
 import numpy as np
@@ -22,25 +21,10 @@ from gpusq_mm.deploy.prepare import weight_integers
 from gpusq_mm.deploy.qdq import integer_initializers
 
 from .helpers import CONFIGS, SHAPE, make_student
+from .test_export import _quiet
+from .test_report_trt import _tool
 
 PART = 'backbone+neck+encoder'
-TOOL = osp.join(
-    osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
-    'tools',
-    'deploy',
-    'export_onnx.py',
-)
-
-
-def _quiet(*args):
-    pass
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location('_export_tool', TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
 
 
 def _detr_student(tmp_path, name: str, size: int):
@@ -160,7 +144,7 @@ def test_detr_family_encoder_exports_int8_2to4(
                 log=_quiet,
             )
     # the tool takes the part, writes the file and passes
-    tool_res = _tool().main(
+    tool_res = _tool('deploy', 'export_onnx.py').main(
         [
             config,
             ckpt,
@@ -190,7 +174,9 @@ def test_encoder_part_of_a_non_detr_model_is_refused(tmp_path, capsys):
             CONFIGS['det'], ckpt, out, part=PART, shape=SHAPE, log=_quiet
         )
     with pytest.raises(SystemExit) as exc:
-        _tool().main([CONFIGS['det'], ckpt, '--out', out, '--part', PART])
+        _tool('deploy', 'export_onnx.py').main(
+            [CONFIGS['det'], ckpt, '--out', out, '--part', PART]
+        )
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert 'got MaskRCNN' in err and 'backbone+neck' in err
