@@ -42,8 +42,11 @@ import json
 import os
 import os.path as osp
 import sys
+import threading
 import time
-from typing import Dict, List
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from typing import Dict, List, Optional
 
 from gpusq_demo.configs import (  # noqa: F401
     _iter_based,
@@ -63,7 +66,14 @@ from gpusq_demo.results import (  # noqa: F401
     table,
     write_results,
 )
-from gpusq_demo.runs import evaluate, last_checkpoint, log, run
+from gpusq_demo.runs import (
+    abort_runs,
+    evaluate,
+    last_checkpoint,
+    log,
+    run,
+    set_jobs,
+)
 from gpusq_demo.schedules import (  # noqa: F401
     DEMO_CFG,
     DEPLOY_RUNS,
@@ -90,6 +100,15 @@ def parse_args(argv=None):
     )
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument(
+        '--jobs',
+        type=int,
+        default=min(os.cpu_count() or 1, 2),
+        help='training runs side by side, each with its share of the cores '
+        '(default: 2 where there are 2 cores or more; 1: one run at a '
+        'time with all cores). ONNX exports, latencies and per-image '
+        'scoring always run alone',
+    )
+    parser.add_argument(
         '--all-rows',
         action='store_true',
         help='with --quick: also run the extra training rows '
@@ -108,6 +127,13 @@ def main(argv=None) -> List[dict]:
     mode = 'quick' if args.quick else 'full'
     extra = args.all_rows or not args.quick
     train = osp.join(ROOT, 'tools', 'train.py')
+    lanes = set_jobs(args.jobs)
+    if args.jobs > 1:
+        log(
+            f'--jobs {args.jobs}: up to {args.jobs} runs at once on '
+            f'{lanes.cpus} core(s); exports, latencies and per-image '
+            'scoring run alone'
+        )
 
     from gpusq_mm.datasets.generate import generate_task
 
@@ -118,42 +144,72 @@ def main(argv=None) -> List[dict]:
         with open(previous) as f:
             rows = [r for r in json.load(f) if r['task'] not in args.tasks]
 
+    # in-process work (configs, data, one-shot pruning, measurements) is
+    # serialised: config parsing and lazy imports are not thread-safe
+    inproc = threading.RLock()
+
+    def prepare(*a, **kw) -> str:
+        with inproc:
+            return prepare_config(*a, **kw)
+
+    pool = ThreadPoolExecutor(max_workers=64)
+
     def data_root_of(task: str) -> str:
         sched = SCHEDULES[mode][task]
         log(
             f'[{task}] generating data ({mode}: {sched["data"][0]} train / '
             f'{sched["data"][1]} val images)'
         )
-        root = generate_task(
-            task,
-            osp.join(work_dir, 'data'),
-            sched['data'][0],
-            sched['data'][1],
-            args.seed,
-        )
+        with inproc:
+            root = generate_task(
+                task,
+                osp.join(work_dir, 'data'),
+                sched['data'][0],
+                sched['data'][1],
+                args.seed,
+            )
         return osp.abspath(root).rstrip('/') + '/'
 
-    dense_ckpts: Dict[str, str] = {}
+    # task -> Future of its dense (config, work dir, checkpoint)
+    dense_runs: Dict[str, Future] = {}
+    dense_lock = threading.Lock()
+    # the tasks whose dense model another task of this run starts from:
+    # their teachers train alone, with every core
+    gating = {
+        TASKS[t].get('backbone_from')
+        for t in args.tasks
+        if TASKS[t].get('backbone_from')
+    }
 
-    def train_dense(task: str, data_root: str) -> tuple:
+    def dense_of(task: str, data_root: Optional[str] = None) -> Future:
+        """The (one) dense training of ``task`` in this demo run."""
+        with dense_lock:
+            if task not in dense_runs:
+                dense_runs[task] = pool.submit(train_dense, task, data_root)
+            return dense_runs[task]
+
+    def train_dense(task: str, data_root: Optional[str]) -> tuple:
         """Train ``task``'s dense model; (config, work dir, checkpoint)."""
         spec, sched = TASKS[task], SCHEDULES[mode][task]
+        if data_root is None:
+            data_root = data_root_of(task)
         tdir = osp.join(work_dir, task)
         os.makedirs(tdir, exist_ok=True)
         backbone = None
         if spec.get('backbone_from'):
             src = spec['backbone_from']
-            backbone = dense_ckpts.get(src)
-            if backbone is None:  # src not run now: an earlier run's, or new
-                src_dir = osp.join(work_dir, src, 'dense')
-                if osp.isfile(osp.join(src_dir, 'last_checkpoint')):
-                    backbone = last_checkpoint(src_dir)
-                else:
+            src_dir = osp.join(work_dir, src, 'dense')
+            if src in args.tasks or not osp.isfile(
+                osp.join(src_dir, 'last_checkpoint')
+            ):
+                if src not in args.tasks:
                     log(f'[{task}] needs the dense {src} model first')
-                    backbone = train_dense(src, data_root_of(src))[2]
+                backbone = dense_of(src).result()[2]
+            else:  # src not run now: an earlier run's
+                backbone = last_checkpoint(src_dir)
             log(f'[{task}] backbone initialised from {backbone}')
         dense_dir = osp.join(tdir, 'dense')
-        dense_cfg = prepare_config(
+        dense_cfg = prepare(
             osp.join(DEMO_CFG, spec['dense']),
             osp.join(tdir, 'dense.py'),
             data_root,
@@ -168,17 +224,158 @@ def main(argv=None) -> List[dict]:
         run(
             [py, train, dense_cfg, '--work-dir', dense_dir],
             osp.join(tdir, 'dense.log'),
+            priority=0,
+            width=lanes.jobs if task in gating else 1,
         )
-        dense_ckpts[task] = last_checkpoint(dense_dir)
-        return dense_cfg, dense_dir, dense_ckpts[task]
+        return dense_cfg, dense_dir, last_checkpoint(dense_dir)
 
-    for task in [t for t in RUN_ORDER if t in args.tasks]:
+    def pipeline(task: str) -> None:
         spec, sched = TASKS[task], SCHEDULES[mode][task]
         tdir = osp.join(work_dir, task)
         data_root = data_root_of(task)
 
         # 1. dense teacher
-        dense_cfg, dense_dir, dense_ckpt = train_dense(task, data_root)
+        dense_cfg, dense_dir, dense_ckpt = dense_of(task, data_root).result()
+
+        def train_run(name: str, cfg: str, log_name: str, priority=1):
+            """``tools/train.py cfg`` into ``tdir/name``; the work dir."""
+            run_dir = osp.join(tdir, name)
+            run(
+                [py, train, cfg, '--work-dir', run_dir],
+                osp.join(tdir, f'{log_name}.log'),
+                priority=priority,
+            )
+            return run_dir
+
+        # 2. GPUSQ: prune -> sparse KD (stage 1) -> calibrate -> QAT + KD
+        gpusq_cfg = prepare(
+            osp.join(DEMO_CFG, spec['gpusq']),
+            osp.join(tdir, 'gpusq.py'),
+            data_root,
+            args.seed,
+            stages=sched,
+            teacher_ckpt=dense_ckpt,
+        )
+        log(
+            f'[{task}] 2/3 GPUSQ: 2:4 + KD ({sched["stage1"]}), then '
+            f'INT8 QAT + KD ({sched["qat"]})'
+        )
+        gpusq_job = pool.submit(train_run, 'gpusq', gpusq_cfg, 'gpusq')
+
+        # 3. ablation: the same 2:4 fine-tune without KD
+        nokd_cfg = prepare(
+            osp.join(DEMO_CFG, spec['gpusq']),
+            osp.join(tdir, 'nokd.py'),
+            data_root,
+            args.seed,
+            stages=sched,
+            teacher_ckpt=dense_ckpt,
+            kd=False,
+        )
+        log(f'[{task}] 3/3 2:4 fine-tune without KD (ablation)')
+        nokd_job = pool.submit(train_run, 'sparse24_nokd', nokd_cfg, 'nokd')
+
+        # 4. one-shot: the dense weights, 2:4-pruned, no fine-tune
+        log(f'[{task}] 2:4 masks on the dense weights, no fine-tune')
+        oneshot_dir = osp.join(tdir, 'sparse24_oneshot')
+        os.makedirs(oneshot_dir, exist_ok=True)
+        with inproc:
+            oneshot_ckpt = oneshot_checkpoint(
+                gpusq_cfg, dense_ckpt, osp.join(oneshot_dir, 'oneshot.pth')
+            )
+        oneshot_job = pool.submit(
+            evaluate,
+            py,
+            gpusq_cfg,
+            oneshot_ckpt,
+            oneshot_dir,
+            osp.join(tdir, 'oneshot.log'),
+        )
+
+        # 5. the extra rows (full demo): label-free, INT4 with / without
+        # the per-layer factors, each a gpusq run with model overrides
+        extra_runs = {}
+        for stage in spec['extra_rows'] if extra else ():
+            how = EXTRA_RUNS[stage]
+            cfg = prepare(
+                osp.join(DEMO_CFG, spec['gpusq']),
+                osp.join(tdir, f'{stage}.py'),
+                data_root,
+                args.seed,
+                stages=sched,
+                teacher_ckpt=dense_ckpt,
+                model=how['model'],
+                qat=how['qat'],
+            )
+            log(f'[{task}] extra row {stage}: {how["model"]}')
+            extra_runs[stage] = (
+                cfg,
+                pool.submit(train_run, stage, cfg, stage, 2),
+                how['qat'],
+            )
+
+        # 6. more seeds of the KD vs no-KD comparison (full demo, where
+        # one run cannot separate them): stage 1 with KD (the sparse24
+        # budget, no QAT) and the no-KD fine-tune, per extra seed
+        key = spec['metric']
+        seed_jobs = {'sparse24': [], 'sparse24_nokd': []}
+        for k in range(1, sched.get('kd_seeds', 1)):
+            seed = args.seed + k
+            for stage, kd in (('sparse24', True), ('sparse24_nokd', False)):
+                name = f'{stage}_seed{seed}'
+                cfg = prepare(
+                    osp.join(DEMO_CFG, spec['gpusq']),
+                    osp.join(tdir, f'{name}.py'),
+                    data_root,
+                    seed,
+                    stages=sched,
+                    teacher_ckpt=dense_ckpt,
+                    kd=kd,
+                    qat=False,
+                    # stage 1 alone: an unquantized student (as the
+                    # label-free row)
+                    model=dict(quantization=None) if kd else None,
+                )
+                log(f'[{task}] seed {seed}: {stage}')
+                seed_jobs[stage].append(
+                    pool.submit(train_run, name, cfg, name, 2)
+                )
+
+        # every run of the task done (the first failure is raised here)
+        gpusq_dir, nokd_dir = gpusq_job.result(), nokd_job.result()
+        oneshot_metrics = oneshot_job.result()
+        seed_values = {
+            stage: [metric_at(read_val_metrics(j.result()), key) for j in jobs]
+            for stage, jobs in seed_jobs.items()
+        }
+        extra_dirs = {
+            stage: (cfg, job.result(), qat)
+            for stage, (cfg, job, qat) in extra_runs.items()
+        }
+        # the measurements run alone: latencies are not taken under load
+        with lanes.exclusive(), inproc:
+            collect(
+                task,
+                dict(
+                    dense=(dense_cfg, dense_dir, dense_ckpt),
+                    gpusq=(gpusq_cfg, gpusq_dir),
+                    nokd=(nokd_cfg, nokd_dir),
+                    oneshot=(oneshot_ckpt, oneshot_metrics),
+                    extra=extra_dirs,
+                    seeds=seed_values,
+                ),
+            )
+
+    def collect(task: str, got: dict) -> None:
+        """The task's rows from its finished runs; results.json updated."""
+        spec, sched = TASKS[task], SCHEDULES[mode][task]
+        tdir = osp.join(work_dir, task)
+        key = spec['metric']
+        dense_cfg, dense_dir, dense_ckpt = got['dense']
+        gpusq_cfg, gpusq_dir = got['gpusq']
+        nokd_cfg, nokd_dir = got['nokd']
+        oneshot_ckpt, oneshot_metrics = got['oneshot']
+        seed_values = got['seeds']
 
         # the teacher's learning curve: validations through the run
         curve = dense_curve(
@@ -196,111 +393,6 @@ def main(argv=None) -> List[dict]:
             f'{task} dense teacher: train loss and val {spec["metric"]}',
         )
         log(f'[{task}] dense learning curve: {curve["curve"]}')
-
-        # 2. GPUSQ: prune -> sparse KD (stage 1) -> calibrate -> QAT + KD
-        gpusq_dir = osp.join(tdir, 'gpusq')
-        gpusq_cfg = prepare_config(
-            osp.join(DEMO_CFG, spec['gpusq']),
-            osp.join(tdir, 'gpusq.py'),
-            data_root,
-            args.seed,
-            stages=sched,
-            teacher_ckpt=dense_ckpt,
-        )
-        log(
-            f'[{task}] 2/3 GPUSQ: 2:4 + KD ({sched["stage1"]}), then '
-            f'INT8 QAT + KD ({sched["qat"]})'
-        )
-        run(
-            [py, train, gpusq_cfg, '--work-dir', gpusq_dir],
-            osp.join(tdir, 'gpusq.log'),
-        )
-
-        # 3. ablation: the same 2:4 fine-tune without KD
-        nokd_dir = osp.join(tdir, 'sparse24_nokd')
-        nokd_cfg = prepare_config(
-            osp.join(DEMO_CFG, spec['gpusq']),
-            osp.join(tdir, 'nokd.py'),
-            data_root,
-            args.seed,
-            stages=sched,
-            teacher_ckpt=dense_ckpt,
-            kd=False,
-        )
-        log(f'[{task}] 3/3 2:4 fine-tune without KD (ablation)')
-        run(
-            [py, train, nokd_cfg, '--work-dir', nokd_dir],
-            osp.join(tdir, 'nokd.log'),
-        )
-
-        # 4. one-shot: the dense weights, 2:4-pruned, no fine-tune
-        log(f'[{task}] 2:4 masks on the dense weights, no fine-tune')
-        oneshot_dir = osp.join(tdir, 'sparse24_oneshot')
-        os.makedirs(oneshot_dir, exist_ok=True)
-        oneshot_ckpt = oneshot_checkpoint(
-            gpusq_cfg, dense_ckpt, osp.join(oneshot_dir, 'oneshot.pth')
-        )
-        oneshot_metrics = evaluate(
-            py,
-            gpusq_cfg,
-            oneshot_ckpt,
-            oneshot_dir,
-            osp.join(tdir, 'oneshot.log'),
-        )
-
-        # 5. the extra rows (full demo): label-free, INT4 with / without
-        # the per-layer factors, each a gpusq run with model overrides
-        extra_runs = {}
-        for stage in spec['extra_rows'] if extra else ():
-            how = EXTRA_RUNS[stage]
-            cfg = prepare_config(
-                osp.join(DEMO_CFG, spec['gpusq']),
-                osp.join(tdir, f'{stage}.py'),
-                data_root,
-                args.seed,
-                stages=sched,
-                teacher_ckpt=dense_ckpt,
-                model=how['model'],
-                qat=how['qat'],
-            )
-            log(f'[{task}] extra row {stage}: {how["model"]}')
-            run(
-                [py, train, cfg, '--work-dir', osp.join(tdir, stage)],
-                osp.join(tdir, f'{stage}.log'),
-            )
-            extra_runs[stage] = (cfg, osp.join(tdir, stage), how['qat'])
-
-        # 6. more seeds of the KD vs no-KD comparison (full demo, where
-        # one run cannot separate them): stage 1 with KD (the sparse24
-        # budget, no QAT) and the no-KD fine-tune, per extra seed
-        key = spec['metric']
-        seed_values = {'sparse24': [], 'sparse24_nokd': []}
-        for k in range(1, sched.get('kd_seeds', 1)):
-            seed = args.seed + k
-            for stage, kd in (('sparse24', True), ('sparse24_nokd', False)):
-                name = f'{stage}_seed{seed}'
-                cfg = prepare_config(
-                    osp.join(DEMO_CFG, spec['gpusq']),
-                    osp.join(tdir, f'{name}.py'),
-                    data_root,
-                    seed,
-                    stages=sched,
-                    teacher_ckpt=dense_ckpt,
-                    kd=kd,
-                    qat=False,
-                    # stage 1 alone: an unquantized student (as the
-                    # label-free row)
-                    model=dict(quantization=None) if kd else None,
-                )
-                log(f'[{task}] seed {seed}: {stage}')
-                run_dir = osp.join(tdir, name)
-                run(
-                    [py, train, cfg, '--work-dir', run_dir],
-                    osp.join(tdir, f'{name}.log'),
-                )
-                seed_values[stage].append(
-                    metric_at(read_val_metrics(run_dir), key)
-                )
 
         gpusq_val = read_val_metrics(gpusq_dir)
         if len(gpusq_val) != 2:  # end of stage 1, end of QAT
@@ -338,7 +430,7 @@ def main(argv=None) -> List[dict]:
             ),
             ('sparse24_int8', metric_at(gpusq_val, key), final),
         ]
-        for stage, (cfg, run_dir, qat) in extra_runs.items():
+        for stage, (cfg, run_dir, qat) in got['extra'].items():
             val = read_val_metrics(run_dir)
             if len(val) != (2 if qat else 1):
                 raise RuntimeError(
@@ -389,6 +481,18 @@ def main(argv=None) -> List[dict]:
             f'[{task}] done:\n' + table([r for r in rows if r['task'] == task])
         )
         write_results(rows, work_dir)
+
+    jobs = [pool.submit(pipeline, t) for t in RUN_ORDER if t in args.tasks]
+    try:
+        done, _ = wait_futures(jobs, return_when=FIRST_EXCEPTION)
+        for job in jobs:  # the first failure, in task order
+            if job in done and job.exception() is not None:
+                raise job.exception()
+    except BaseException:
+        abort_runs()  # stop the other tasks' runs: they cannot be reported
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
     log(
         f'all done in {time.time() - t_start:.0f} s ({mode}); results in '

@@ -34,9 +34,29 @@ SPLITS = {'training': 0, 'validation': 1}
 
 
 def class_texture(
-    rng: np.random.Generator, label: int, height: int, width: int
+    rng: np.random.Generator,
+    label: int,
+    height: int,
+    width: int,
+    period: tuple = (6, 14),
+    speckle_cell: int = 1,
+    textures: tuple = TEXTURES,
 ) -> np.ndarray:
     """Texture of class ``TEXTURE_CLASSES[label - 1]`` in random colours.
+
+    Args:
+        rng (np.random.Generator): Source of randomness.
+        label (int): Class index from 1.
+        height (int): Height in pixels.
+        width (int): Width in pixels.
+        period (tuple): Range of the pattern period in pixels (stripes,
+            checks, dots). Defaults to ``(6, 14)``.
+        speckle_cell (int): Side in pixels of one speckle cell. Defaults
+            to 1.
+        textures (tuple): The pattern of each class, from ``'hstripes'``,
+            ``'vstripes'``, ``'dstripes'`` (diagonal), ``'smooth'``,
+            ``'checker'``, ``'dots'``, ``'speckle'``. Defaults to
+            :data:`TEXTURES`.
 
     Returns:
         np.ndarray: ``(height, width, 3)`` float image.
@@ -46,8 +66,8 @@ def class_texture(
     while np.abs(c0 - c1).sum() < 120:
         c1 = random_colour(rng)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    period = rng.uniform(6, 14)
-    name = TEXTURES[label - 1]
+    period = rng.uniform(*period)
+    name = textures[label - 1]
     if name == 'smooth':
         a = rng.uniform(0, 2 * np.pi)
         w = np.cos(a) * xx + np.sin(a) * yy
@@ -56,14 +76,21 @@ def class_texture(
         w = (np.sin(2 * np.pi * yy / period + rng.uniform(0, 6)) > 0) * 1.0
     elif name == 'vstripes':
         w = (np.sin(2 * np.pi * xx / period + rng.uniform(0, 6)) > 0) * 1.0
+    elif name == 'dstripes':
+        d = (xx + yy) / np.sqrt(2)
+        w = (np.sin(2 * np.pi * d / period + rng.uniform(0, 6)) > 0) * 1.0
     elif name == 'checker':
         w = ((xx // (period / 2) + yy // (period / 2)) % 2) * 1.0
     elif name == 'dots':
         cx = (xx + rng.uniform(0, period)) % period - period / 2
         cy = (yy + rng.uniform(0, period)) % period - period / 2
         w = (cx * cx + cy * cy < (period * 0.3) ** 2) * 1.0
-    else:  # speckle: random salt-and-pepper at mid density
-        w = (rng.uniform(0, 1, (height, width)) < 0.35) * 1.0
+    elif name == 'speckle':  # random salt-and-pepper at mid density
+        c = max(int(speckle_cell), 1)
+        cells = rng.uniform(0, 1, (-(-height // c), -(-width // c))) < 0.35
+        w = np.kron(cells, np.ones((c, c)))[:height, :width] * 1.0
+    else:
+        raise ValueError(f'unknown texture {name!r}')
     w = w.astype(np.float32)[..., None]
     return c0 * (1 - w) + c1 * w
 

@@ -4,24 +4,72 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import threading
 import time
 from typing import List
 
+from .lanes import Lanes
 from .schedules import ROOT
+
+#: the slots the runs share (``tools/demo.py --jobs`` sets them)
+LANES = Lanes(1)
+_PRINT = threading.Lock()
+_ABORT = threading.Event()
+
+
+def abort_runs() -> None:
+    """Stop the running subprocesses and refuse new ones (a run of another
+    task failed: the demo cannot finish)."""
+    _ABORT.set()
+
+
+def set_jobs(jobs: int) -> Lanes:
+    """Let ``jobs`` runs train at once (see :mod:`.lanes`)."""
+    global LANES
+    LANES = Lanes(jobs)
+    _ABORT.clear()
+    return LANES
 
 
 def log(msg: str) -> None:
-    print(f'[demo {time.strftime("%H:%M:%S")}] {msg}', flush=True)
+    with _PRINT:
+        print(f'[demo {time.strftime("%H:%M:%S")}] {msg}', flush=True)
 
 
-def run(cmd: List[str], log_file: str) -> None:
-    """Run a subprocess, streaming its output to the console and a log."""
-    log(
-        ' '.join(
-            osp.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd
-        )
+def run(
+    cmd: List[str], log_file: str, priority: int = 1, width: int = 1
+) -> None:
+    """Run a subprocess, streaming its output to the console and a log.
+
+    It waits for a slot of :data:`LANES` (``priority``: lower first;
+    ``width``: slots it takes). With more than one slot in all, the
+    subprocess gets ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set to its
+    share of the cores, so that runs side by side do not oversubscribe
+    them.
+    """
+    name = osp.splitext(
+        osp.relpath(log_file, osp.dirname(osp.dirname(log_file)))
+    )[0]
+    shown = ' '.join(
+        osp.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd
     )
     env = dict(os.environ, PYTHONUNBUFFERED='1')
+    with LANES.slot(priority, width) as threads:
+        if _ABORT.is_set():
+            raise RuntimeError(f'not started (another run failed): {shown}')
+        if LANES.jobs > 1:
+            env.update(
+                OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)
+            )
+            log(f'[{name}] {threads} thread(s): {shown}')
+        else:
+            log(shown)
+        _stream(
+            cmd, log_file, env, f'    [{name}] ' if LANES.jobs > 1 else '    '
+        )
+
+
+def _stream(cmd: List[str], log_file: str, env: dict, prefix: str) -> None:
     with open(log_file, 'w') as f:
         proc = subprocess.Popen(
             cmd,
@@ -33,12 +81,17 @@ def run(cmd: List[str], log_file: str) -> None:
         )
         for line in proc.stdout:
             f.write(line)
+            if _ABORT.is_set():
+                proc.kill()
             if ' - mmengine - ' in line and (
                 'Iter(' in line or 'Epoch(' in line or 'gpusq' in line.lower()
             ):
-                sys.stdout.write('    ' + line.split(' - mmengine - ')[-1])
+                with _PRINT:
+                    sys.stdout.write(prefix + line.split(' - mmengine - ')[-1])
         proc.wait()
     if proc.returncode != 0:
+        if _ABORT.is_set():
+            raise RuntimeError(f'stopped (another run failed): {log_file}')
         raise RuntimeError(
             f'command failed ({proc.returncode}), see {log_file}:\n'
             + ' '.join(cmd)
@@ -54,7 +107,12 @@ def last_checkpoint(work_dir: str) -> str:
 
 
 def evaluate(
-    py: str, config: str, checkpoint: str, work_dir: str, log_file: str
+    py: str,
+    config: str,
+    checkpoint: str,
+    work_dir: str,
+    log_file: str,
+    priority: int = 2,
 ) -> dict:
     """``tools/test.py config checkpoint``: the metrics it dumps."""
     import json
@@ -72,6 +130,7 @@ def evaluate(
             out,
         ],
         log_file,
+        priority=priority,
     )
     with open(out) as f:
         return json.load(f)

@@ -7,7 +7,7 @@
 _base_ = './swin_maskrcnn_tiny_dense.py'
 model = dict(_delete_=True, type='gpusq_mm.GPUSQ', architecture=_base_.model,
              teacher=dict(checkpoint='work_dirs/swin_maskrcnn_tiny_dense/'
-                          'iter_500.pth'))
+                          'iter_600.pth'))
 train_cfg = dict(max_iters=150, val_interval=100)  # 100 it 2:4, 50 QAT
 param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min_ratio=0.05, by_epoch=False,
