@@ -1,7 +1,7 @@
 """Offline demo of the whole GPUSQ method on generated data.
 
     python tools/demo.py --work-dir work_dirs/demo [--quick [--all-rows]]
-        [--tasks det]
+        [--tasks det] [--jobs N]
 
 For each task (det: tiny Swin Mask R-CNN, seg: tiny Swin UperNet, cls: tiny
 Swin classifier) it
@@ -31,7 +31,13 @@ file size and onnxruntime latency of the FP32 export vs the 2:4+INT8 one
 (``onnx_fp32_mb`` / ``onnx_int8_mb`` / ``onnx_fp32_ms`` / ``onnx_int8_ms``;
 the detector exports its backbone+neck, the others the whole model).
 Every run is a plain ``tools/train.py`` (or ``tools/test.py``) subprocess
-with its own work dir, log and checkpoints under ``--work-dir``. The parts
+with its own work dir, log and checkpoints under ``--work-dir``. Up to
+``--jobs`` of them train side by side (default 2 on a machine with 2 cores
+or more), each with its share of the cores (``OMP_NUM_THREADS``): a tiny
+model on a CPU trains faster as two single-thread runs than as one
+two-thread run. The seg teacher, which the other tasks start from, trains
+alone with every core; the ONNX exports, latencies and per-image scoring
+run with nothing else on the machine (see ``gpusq_demo/lanes.py``). The parts
 (tasks and schedules, config preparation, runs, one-shot pruning, results)
 live in ``tools/gpusq_demo/``; this file is the command line and the
 sequence.

@@ -88,6 +88,7 @@ def _stream(cmd: List[str], log_file: str, env: dict, prefix: str) -> None:
             ):
                 with _PRINT:
                     sys.stdout.write(prefix + line.split(' - mmengine - ')[-1])
+                    sys.stdout.flush()
         proc.wait()
     if proc.returncode != 0:
         if _ABORT.is_set():

@@ -7,9 +7,9 @@
 # initialises it from the demo's dense Swin UperNet (the same tiny Swin,
 # keys ``backbone.*``; window 7 as there, so the relative position tables
 # load as they are), its stand-in for the ImageNet-pretrained backbone a
-# real classifier fine-tune starts from. From scratch this tiny Swin stays
-# at chance on this data for 12 epochs (a small CNN reaches ~89 % in 6);
-# from the seg backbone it learns. By hand, in a config inheriting this
+# real classifier fine-tune starts from. From scratch this tiny Swin learns
+# far slower (it stayed at chance for 12 epochs on an earlier version of
+# this data); from the seg backbone it learns. By hand, in a config inheriting this
 # one: ``model = dict(backbone=dict(init_cfg=dict(type='Pretrained',
 # checkpoint='SEG_DENSE.pth', prefix='backbone.')))``.
 _base_ = 'mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py'

@@ -1,0 +1,150 @@
+"""``tools/demo.py --jobs``: runs side by side, measurements alone."""
+
+import os.path as osp
+import sys
+import threading
+import time
+
+import pytest
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+@pytest.fixture
+def runs_mod():
+    sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
+    try:
+        from gpusq_demo import runs
+    finally:
+        sys.path.pop(0)
+    yield runs
+    runs.set_jobs(1)
+
+
+def _lanes(jobs, cpus):
+    sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
+    try:
+        from gpusq_demo.lanes import Lanes
+    finally:
+        sys.path.pop(0)
+    return Lanes(jobs, cpus)
+
+
+def test_threads_are_the_share_of_the_cores():
+    lanes = _lanes(2, 2)
+    assert lanes.threads(1) == 1 and lanes.threads(2) == 2
+    assert _lanes(2, 8).threads(1) == 4
+    assert _lanes(4, 2).threads(1) == 1  # never 0
+    with pytest.raises(ValueError, match='--jobs'):
+        _lanes(0, 2)
+
+
+def test_slots_limit_priority_and_exclusive():
+    """At most ``jobs`` holders at once; a waiting lower number goes
+    first; ``exclusive`` runs with nothing else."""
+    lanes = _lanes(2, 2)
+    lock = threading.Lock()
+    active, peak, order, during_exclusive = [0], [0], [], []
+
+    def hold(name, priority, width=1, seconds=0.15):
+        with lanes.slot(priority, width):
+            with lock:
+                active[0] += width
+                peak[0] = max(peak[0], active[0])
+                order.append(name)
+            time.sleep(seconds)
+            with lock:
+                active[0] -= width
+
+    def alone():
+        with lanes.exclusive():
+            with lock:
+                during_exclusive.append(active[0])
+                order.append('exclusive')
+
+    # the wide run holds both slots; the rest queue behind it
+    first = threading.Thread(target=hold, args=('wide', 0, 2, 0.4))
+    first.start()
+    time.sleep(0.1)
+    threads = [
+        threading.Thread(target=alone),
+        threading.Thread(target=hold, args=('late', 2)),
+        threading.Thread(target=hold, args=('teacher', 0)),
+    ]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in [first] + threads:
+        t.join(10)
+    assert peak[0] == 2
+    # priority 0, then 2, then the exclusive measurement (9) last
+    assert order == ['wide', 'teacher', 'late', 'exclusive']
+    assert during_exclusive == [0]
+
+
+def test_run_gives_each_subprocess_its_share(tmp_path, runs_mod):
+    """With 2 slots on 2 cores, a run gets 1 thread, a 2-wide run 2."""
+    runs_mod.set_jobs(2)
+    runs_mod.LANES.cpus = 2
+    cmd = [
+        sys.executable,
+        '-c',
+        'import os; print("threads", os.environ["OMP_NUM_THREADS"], '
+        'os.environ["MKL_NUM_THREADS"])',
+    ]
+    (tmp_path / 'task').mkdir()
+    one, two = tmp_path / 'task' / 'one.log', tmp_path / 'task' / 'two.log'
+    runs_mod.run(cmd, str(one))
+    runs_mod.run(cmd, str(two), width=2)
+    assert 'threads 1 1' in one.read_text()
+    assert 'threads 2 2' in two.read_text()
+
+
+def test_one_job_leaves_the_threads_alone(tmp_path, runs_mod, monkeypatch):
+    monkeypatch.setenv('OMP_NUM_THREADS', '7')
+    runs_mod.set_jobs(1)
+    log = tmp_path / 'x' / 'run.log'
+    log.parent.mkdir()
+    cmd = [
+        sys.executable,
+        '-c',
+        'import os; print("threads", os.environ["OMP_NUM_THREADS"])',
+    ]
+    runs_mod.run(cmd, str(log))
+    assert 'threads 7' in log.read_text()
+
+
+def test_a_failed_run_stops_the_others(tmp_path, runs_mod):
+    """After abort_runs() a running subprocess is killed and a new one is
+    refused, each with a message that says why."""
+    runs_mod.set_jobs(2)
+    (tmp_path / 't').mkdir()
+    slow = [
+        sys.executable,
+        '-c',
+        'import time\nfor i in range(200):\n'
+        '    print(i, flush=True); time.sleep(0.05)',
+    ]
+    errors = []
+
+    def target():
+        try:
+            runs_mod.run(slow, str(tmp_path / 't' / 'slow.log'))
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=target)
+    t0 = time.time()
+    t.start()
+    time.sleep(1.0)
+    runs_mod.abort_runs()
+    t.join(20)
+    assert time.time() - t0 < 8  # killed, not run to its end (10 s)
+    assert errors and 'another run failed' in errors[0]
+    with pytest.raises(RuntimeError, match='not started'):
+        runs_mod.run(slow, str(tmp_path / 't' / 'new.log'))
+    # a new demo run (set_jobs) starts clean
+    runs_mod.set_jobs(1)
+    runs_mod.run(
+        [sys.executable, '-c', 'print("ok")'], str(tmp_path / 't' / 'ok.log')
+    )
