@@ -39,7 +39,6 @@ def class_texture(
     height: int,
     width: int,
     period: tuple = (6, 14),
-    speckle_cell: int = 1,
     textures: tuple = TEXTURES,
 ) -> np.ndarray:
     """Texture of class ``TEXTURE_CLASSES[label - 1]`` in random colours.
@@ -51,8 +50,6 @@ def class_texture(
         width (int): Width in pixels.
         period (tuple): Range of the pattern period in pixels (stripes,
             checks, dots). Defaults to ``(6, 14)``.
-        speckle_cell (int): Side in pixels of one speckle cell. Defaults
-            to 1.
         textures (tuple): The pattern of each class, from ``'hstripes'``,
             ``'vstripes'``, ``'dstripes'`` (diagonal), ``'smooth'``,
             ``'checker'``, ``'dots'``, ``'speckle'``. Defaults to
@@ -86,9 +83,7 @@ def class_texture(
         cy = (yy + rng.uniform(0, period)) % period - period / 2
         w = (cx * cx + cy * cy < (period * 0.3) ** 2) * 1.0
     elif name == 'speckle':  # random salt-and-pepper at mid density
-        c = max(int(speckle_cell), 1)
-        cells = rng.uniform(0, 1, (-(-height // c), -(-width // c))) < 0.35
-        w = np.kron(cells, np.ones((c, c)))[:height, :width] * 1.0
+        w = (rng.uniform(0, 1, (height, width)) < 0.35) * 1.0
     else:
         raise ValueError(f'unknown texture {name!r}')
     w = w.astype(np.float32)[..., None]

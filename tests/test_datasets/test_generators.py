@@ -108,3 +108,30 @@ def test_manifest_makes_generation_idempotent(tmp_path):
         len(files) for _, _, files in os.walk(osp.join(root, 'train'))
     )
     assert n_train == 12
+
+
+def test_class_texture_patterns_and_period():
+    """The cls fills: diagonal stripes are constant along x + y, the period
+    is drawn from the range given, an unknown pattern is named."""
+    import pytest
+
+    from gpusq_mm.datasets.ade_textures import class_texture
+
+    rng = np.random.default_rng(0)
+    tex = class_texture(
+        rng, 1, 64, 64, period=(16, 16), textures=('dstripes',)
+    )
+    grey = tex.mean(-1)
+    for k in range(0, 120, 7):  # each anti-diagonal x + y = k is one value
+        ys = np.arange(max(0, k - 63), min(k, 63) + 1)
+        assert np.ptp(grey[ys, k - ys]) < 1e-3
+    assert np.ptp(grey) > 10  # and the stripes are visible
+    # horizontal stripes of period 16: rows 16 apart are equal, 8 apart not
+    tex = class_texture(
+        rng, 1, 64, 64, period=(16, 16), textures=('hstripes',)
+    )
+    rows = tex.mean((1, 2))
+    assert np.allclose(rows[:48], rows[16:], atol=1e-3)
+    assert not np.allclose(rows[:56], rows[8:], atol=1e-3)
+    with pytest.raises(ValueError, match="'zigzag'"):
+        class_texture(rng, 1, 8, 8, textures=('zigzag',))
