@@ -10,24 +10,26 @@ import pytest
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
-@pytest.fixture
-def runs_mod():
+def _demo_part(name: str):
+    """``tools/gpusq_demo/<name>.py`` (tools/ is not a package)."""
+    import importlib
+
     sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
     try:
-        from gpusq_demo import runs
+        return importlib.import_module(f'gpusq_demo.{name}')
     finally:
         sys.path.pop(0)
+
+
+@pytest.fixture
+def runs_mod():
+    runs = _demo_part('runs')
     yield runs
     runs.set_jobs(1)
 
 
 def _lanes(jobs, cpus):
-    sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
-    try:
-        from gpusq_demo.lanes import Lanes
-    finally:
-        sys.path.pop(0)
-    return Lanes(jobs, cpus)
+    return _demo_part('lanes').Lanes(jobs, cpus)
 
 
 def test_threads_are_the_share_of_the_cores():
