@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from .parts import ENCODER_PART, PartModule, freeze_reference_points
 from .prepare import prepare_export_copy, quant_summary
+from .rewrite import skip_zero_pads
 from .qdq import count_ops, quantize_weight_initializers
 
 __all__ = ['DEFAULT_OPSET', 'INT4_OPSET', 'ExportError', 'export_onnx']
@@ -201,7 +202,8 @@ def export_onnx(
         f'[trace] {part} of {type(model).__name__}, {mode}, opset {opset}'
         + (f'; encoder memory of levels (h, w) {levels}' if levels else '')
     )
-    graph = _trace(wrapper, inputs, opset, len(ref))
+    with skip_zero_pads():
+        graph = _trace(wrapper, inputs, opset, len(ref))
     for w in weights:
         w.initializer = f'model.{w.initializer}'
     layers = quantize_weight_initializers(graph, weights)

@@ -17,7 +17,10 @@ export, :func:`prepare_export_copy` deep-copies the student and:
   attention operands when ``quantize_attention`` is on) a
   ``torch.fake_quantize_per_tensor_affine``, which the exporter emits as a
   QuantizeLinear / DequantizeLinear pair with the calibrated per-tensor
-  scale.
+  scale;
+- gives Swin ``PatchMerging`` layers a Reshape / Transpose forward in
+  place of ``nn.Unfold`` (same values, FP32 and quantized exports alike:
+  :mod:`gpusq_mm.deploy.rewrite`).
 
 The integers go to :func:`gpusq_mm.deploy.qdq.quantize_weight_initializers`
 after tracing. The user's model is never modified.
@@ -36,6 +39,7 @@ from gpusq_mm.quantization import quantized_layers, quantizers
 from gpusq_mm.quantization.modules import _float_mask
 
 from .attention import place_attention_qdq
+from .rewrite import rewrite_patch_merging
 
 __all__ = ['ACT_DTYPES', 'prepare_export_copy', 'quant_summary']
 
@@ -205,4 +209,5 @@ def prepare_export_copy(
             q.disable()
     if quantized:
         place_attention_qdq(dup)
+    rewrite_patch_merging(dup)
     return dup, weights

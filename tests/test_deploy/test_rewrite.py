@@ -1,0 +1,94 @@
+"""Export rewrites keep the values: Swin PatchMerging without nn.Unfold,
+no zero Pad nodes."""
+
+import collections
+
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpusq_mm.deploy.rewrite import rewrite_patch_merging, skip_zero_pads
+
+
+def _merging_classes():
+    from mmcv.cnn.bricks.transformer import PatchMerging as McvMerging
+    from mmdet.models.layers.transformer.utils import (
+        PatchMerging as DetMerging,
+    )
+    from mmpretrain.models.utils.embed import PatchMerging as PretrainMerging
+    from mmseg.models.utils.embed import PatchMerging as SegMerging
+
+    return {
+        'mmcv': McvMerging,
+        'mmdet': DetMerging,
+        'mmseg': SegMerging,
+        'mmpretrain': PretrainMerging,
+    }
+
+
+@pytest.mark.parametrize('lib', ['mmcv', 'mmdet', 'mmseg', 'mmpretrain'])
+@pytest.mark.parametrize('padding', ['corner', 'same'])
+@pytest.mark.parametrize('hw', [(8, 12), (7, 9)])
+def test_patch_merging_rewrite_gives_the_same_values(lib, padding, hw):
+    torch.manual_seed(0)
+    cls = _merging_classes()[lib]
+    kwargs = dict(in_channels=6, out_channels=10, padding=padding)
+    merging = cls(**kwargs).eval()
+    torch.nn.init.normal_(merging.norm.weight)
+    torch.nn.init.normal_(merging.norm.bias)
+    x = torch.randn(2, hw[0] * hw[1], 6)
+    want, want_hw = merging(x, hw)
+    assert rewrite_patch_merging(merging) == ['']
+    got, got_hw = merging(x, hw)
+    assert got_hw == want_hw
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_patch_merging_other_shapes_are_left_alone():
+    from mmcv.cnn.bricks.transformer import PatchMerging
+
+    overlapping = PatchMerging(4, 8, kernel_size=3, stride=2, padding=1)
+    assert rewrite_patch_merging(overlapping) == []
+
+
+def test_skip_zero_pads_only_skips_zero_pads():
+    x = torch.randn(1, 2, 3)
+    with skip_zero_pads():
+        assert F.pad(x, (0, 0, 0, 0)) is x
+        assert F.pad(x, (0, 1)).shape == (1, 2, 4)
+    assert F.pad(x, (0, 0)) is not x  # restored on exit
+
+
+def test_swin_export_has_no_unfold_gathers_or_zero_pads(tmp_path):
+    """The tiny demo classifier (windows of 7 on maps of 14, 7, 4 and 2):
+    the PatchMerging samplers and the zero window paddings are gone from
+    the graph, the real paddings stay, the QDQ export matches PyTorch."""
+    from gpusq_mm.deploy import export_onnx, make_input, parity, run_onnx
+    from gpusq_mm.deploy.api import reference_outputs
+
+    from .helpers import make_student
+
+    model = make_student('cls', str(tmp_path / 'student.pth'))
+    x = make_input(model, (1, 3, 56, 56))
+    nonzero = []  # the paddings PyTorch really applies
+    pad = F.pad
+
+    def counting_pad(t, pads, *args, **kwargs):
+        if any(pads):
+            nonzero.append(tuple(pads))
+        return pad(t, pads, *args, **kwargs)
+
+    F.pad = counting_pad
+    try:
+        want = reference_outputs(model, x, 'full')
+    finally:
+        F.pad = pad
+    assert nonzero  # the 4x4 and 2x2 maps are padded to a window
+    res = export_onnx(model, x, str(tmp_path / 'm.onnx'), 'full', log=print)
+    graph = onnx.load(res['path'])
+    ops = collections.Counter(n.op_type for n in graph.graph.node)
+    assert ops['Pad'] == len(nonzero)
+    assert not [n.name for n in graph.graph.node if 'sampler' in n.name]
+    for r in parity(want, run_onnx(res['path'], x.numpy())):
+        assert r['cosine'] > 0.9999
