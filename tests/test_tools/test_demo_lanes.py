@@ -1,5 +1,6 @@
 """``tools/demo.py --jobs``: runs side by side, measurements alone."""
 
+import os
 import os.path as osp
 import sys
 import threading
@@ -150,3 +151,57 @@ def test_a_failed_run_stops_the_others(tmp_path, runs_mod):
     runs_mod.run(
         [sys.executable, '-c', 'print("ok")'], str(tmp_path / 't' / 'ok.log')
     )
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie nobody reaped yet counts as dead)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+def test_abort_kills_a_silent_run_and_its_children(tmp_path, runs_mod):
+    """A run that prints nothing (and has a child, as a dataloader worker
+    would) is killed at once by abort_runs(), child included."""
+    runs_mod.set_jobs(2)
+    (tmp_path / 't').mkdir()
+    pid_file = tmp_path / 'child.pid'
+    silent = [
+        sys.executable,
+        '-c',
+        'import subprocess, sys, time\n'
+        'c = subprocess.Popen([sys.executable, "-c", '
+        '"import time; time.sleep(60)"])\n'
+        f'open({str(pid_file)!r}, "w").write(str(c.pid))\n'
+        'time.sleep(60)',
+    ]
+    errors = []
+
+    def target():
+        try:
+            runs_mod.run(silent, str(tmp_path / 't' / 'silent.log'))
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=target)
+    t.start()
+    deadline = time.time() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.time() < deadline, 'the run did not start'
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    t0 = time.time()
+    runs_mod.abort_runs()
+    t.join(10)
+    assert not t.is_alive() and time.time() - t0 < 5
+    assert errors and 'another run failed' in errors[0]
+    while time.time() - t0 < 5:  # the child goes with its group
+        if not _alive(child):
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, 9)
+        raise AssertionError('the run was killed but its child survived')
+    runs_mod.set_jobs(1)

@@ -2,6 +2,7 @@
 
 import os
 import os.path as osp
+import signal
 import subprocess
 import sys
 import threading
@@ -15,12 +16,26 @@ from .schedules import ROOT
 LANES = Lanes(1)
 _PRINT = threading.Lock()
 _ABORT = threading.Event()
+_RUNNING = set()  # the Popen objects of the runs in progress
+_RUNNING_LOCK = threading.Lock()
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Kill a run and its children (dataloader workers): its own process
+    group."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
 
 
 def abort_runs() -> None:
-    """Stop the running subprocesses and refuse new ones (a run of another
-    task failed: the demo cannot finish)."""
+    """Stop the running subprocesses now and refuse new ones (a run of
+    another task failed: the demo cannot finish)."""
     _ABORT.set()
+    with _RUNNING_LOCK:
+        for proc in list(_RUNNING):
+            _kill(proc)
 
 
 def set_jobs(jobs: int) -> Lanes:
@@ -71,25 +86,24 @@ def run(
 
 def _stream(cmd: List[str], log_file: str, env: dict, prefix: str) -> None:
     with open(log_file, 'w') as f:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-        for line in proc.stdout:
-            f.write(line)
+        with _RUNNING_LOCK:
             if _ABORT.is_set():
-                proc.kill()
-            if ' - mmengine - ' in line and (
-                'Iter(' in line or 'Epoch(' in line or 'gpusq' in line.lower()
-            ):
-                with _PRINT:
-                    sys.stdout.write(prefix + line.split(' - mmengine - ')[-1])
-                    sys.stdout.flush()
-        proc.wait()
+                raise RuntimeError(f'not started (another run failed): {cmd}')
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                cwd=ROOT,
+                start_new_session=True,  # its own group: abort kills all
+            )
+            _RUNNING.add(proc)
+        try:
+            _copy_output(proc, f, prefix)
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(proc)
     if proc.returncode != 0:
         if _ABORT.is_set():
             raise RuntimeError(f'stopped (another run failed): {log_file}')
@@ -97,6 +111,25 @@ def _stream(cmd: List[str], log_file: str, env: dict, prefix: str) -> None:
             f'command failed ({proc.returncode}), see {log_file}:\n'
             + ' '.join(cmd)
         )
+
+
+def _copy_output(proc: subprocess.Popen, f, prefix: str) -> None:
+    """Copy the run's output to its log and its progress to the console
+    until it exits (a KeyboardInterrupt kills it on the way out)."""
+    try:
+        for line in proc.stdout:
+            f.write(line)
+            if ' - mmengine - ' in line and (
+                'Iter(' in line or 'Epoch(' in line or 'gpusq' in line.lower()
+            ):
+                with _PRINT:
+                    sys.stdout.write(prefix + line.split(' - mmengine - ')[-1])
+                    sys.stdout.flush()
+        proc.wait()
+    except BaseException:
+        _kill(proc)
+        proc.wait()
+        raise
 
 
 def last_checkpoint(work_dir: str) -> str:
