@@ -509,4 +509,8 @@ def main(argv=None) -> List[dict]:
 
 if __name__ == '__main__':
     sys.path.insert(0, ROOT)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        log('interrupted: the runs in progress were stopped')
+        sys.exit(130)
