@@ -45,6 +45,19 @@ def test_patch_merging_rewrite_gives_the_same_values(lib, padding, hw):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
+def test_patch_merging_rewrite_post_norm():
+    """mmpretrain's Swin-v2 variant normalises after the reduction."""
+    from mmpretrain.models.utils.embed import PatchMerging
+
+    torch.manual_seed(0)
+    merging = PatchMerging(6, 10, use_post_norm=True).eval()
+    torch.nn.init.normal_(merging.norm.weight)
+    x = torch.randn(1, 36, 6)
+    want, _ = merging(x, (6, 6))
+    rewrite_patch_merging(merging)
+    torch.testing.assert_close(merging(x, (6, 6))[0], want, rtol=0, atol=1e-6)
+
+
 def test_patch_merging_other_shapes_are_left_alone():
     from mmcv.cnn.bricks.transformer import PatchMerging
 
