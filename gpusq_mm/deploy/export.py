@@ -33,8 +33,8 @@ import torch.nn as nn
 
 from .parts import ENCODER_PART, PartModule, freeze_reference_points
 from .prepare import prepare_export_copy, quant_summary
-from .rewrite import skip_zero_pads
 from .qdq import count_ops, quantize_weight_initializers
+from .rewrite import skip_zero_pads
 
 __all__ = ['DEFAULT_OPSET', 'INT4_OPSET', 'ExportError', 'export_onnx']
 

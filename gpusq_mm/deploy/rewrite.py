@@ -37,8 +37,7 @@ def _merge_forward(self, x: torch.Tensor, input_size):
     h, w = input_size
     if length != h * w:
         raise ValueError(
-            f'{type(self).__name__}: {length} tokens for an input of '
-            f'{h}x{w}'
+            f'{type(self).__name__}: {length} tokens for an input of {h}x{w}'
         )
     x = x.view(b, h, w, c)
     pad = getattr(self, 'adaptive_padding', None) or getattr(
