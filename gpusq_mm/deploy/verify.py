@@ -153,6 +153,64 @@ def ort_latencies_ms(
     return [float(np.median(t) * 1e3) for t in times]
 
 
+def op_profile(
+    path: str, inputs: np.ndarray, threads: int = 2, runs: int = 5
+) -> Dict[str, Tuple[float, int]]:
+    """Kernel time per operator type of the optimized graph at ``path``.
+
+    onnxruntime's profiler over ``runs`` runs after one warm-up run (left
+    out of the numbers).
+
+    Returns:
+        dict: op type -> (milliseconds per run, nodes of that type), the
+        most expensive first.
+    """
+    import json
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = osp.join(tmp, 'profile')
+        sess = ort.InferenceSession(
+            path, opts, providers=['CPUExecutionProvider']
+        )
+        feed = {sess.get_inputs()[0].name: inputs}
+        for _ in range(runs + 1):
+            sess.run(None, feed)
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    model_runs = sorted(
+        (e for e in events if e.get('name') == 'model_run'),
+        key=lambda e: e['ts'],
+    )
+    if len(model_runs) != runs + 1:
+        raise RuntimeError(
+            f'onnxruntime profile of {path}: {len(model_runs)} runs '
+            f'recorded, expected {runs + 1}'
+        )
+    warm_end = model_runs[0]['ts'] + model_runs[0]['dur']
+    total: Dict[str, float] = {}
+    nodes: Dict[str, set] = {}
+    for e in events:
+        if e.get('cat') != 'Node' or not e['name'].endswith('_kernel_time'):
+            continue
+        if e['ts'] < warm_end:
+            continue
+        op = e['args']['op_name']
+        total[op] = total.get(op, 0.0) + e['dur'] / 1e3 / runs
+        nodes.setdefault(op, set()).add(e['name'])
+    return {
+        op: (ms, len(nodes[op]))
+        for op, ms in sorted(total.items(), key=lambda kv: -kv[1])
+    }
+
+
 def ort_supports_int4() -> Tuple[bool, str]:
     """Whether onnxruntime runs a per-axis INT4 DequantizeLinear + MatMul.
 

@@ -1,5 +1,5 @@
-"""Export rewrites keep the values: Swin PatchMerging without nn.Unfold,
-no zero Pad nodes."""
+"""Export rewrites keep the values (Swin PatchMerging without nn.Unfold,
+no zero Pad nodes); the bench's per-op profile."""
 
 import collections
 
@@ -105,3 +105,37 @@ def test_swin_export_has_no_unfold_gathers_or_zero_pads(tmp_path):
     assert not [n.name for n in graph.graph.node if 'sampler' in n.name]
     for r in parity(want, run_onnx(res['path'], x.numpy())):
         assert r['cosine'] > 0.9999
+
+
+def test_op_profile_counts_kernels_per_op_type(tmp_path):
+    """The bench's per-op profile: every node type of the optimized graph,
+    with its node count, the warm-up run left out."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from gpusq_mm.deploy.verify import op_profile
+
+    w = numpy_helper.from_array(np.ones((8, 8), np.float32), 'w')
+    graph = helper.make_graph(
+        [
+            helper.make_node('MatMul', ['x', 'w'], ['a']),
+            helper.make_node('Relu', ['a'], ['b']),
+            helper.make_node('MatMul', ['b', 'w'], ['c']),
+            helper.make_node('Sigmoid', ['c'], ['y']),
+        ],
+        'g',
+        [helper.make_tensor_value_info('x', TensorProto.FLOAT, [4, 8])],
+        [helper.make_tensor_value_info('y', TensorProto.FLOAT, [4, 8])],
+        [w],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid('', 17)]
+    )
+    path = str(tmp_path / 'm.onnx')
+    onnx.save(model, path)
+    prof = op_profile(path, np.ones((4, 8), np.float32), threads=1, runs=3)
+    # MatMul + Relu may run fused: at least 3 nodes ran
+    assert sum(n for _, n in prof.values()) >= 3
+    assert 'Sigmoid' in prof and prof['Sigmoid'][1] == 1
+    assert all(ms >= 0 for ms, _ in prof.values())
+    assert list(prof.values()) == sorted(prof.values(), key=lambda v: -v[0])
