@@ -18,9 +18,9 @@ export, :func:`prepare_export_copy` deep-copies the student and:
   ``torch.fake_quantize_per_tensor_affine``, which the exporter emits as a
   QuantizeLinear / DequantizeLinear pair with the calibrated per-tensor
   scale;
-- gives Swin ``PatchMerging`` layers a Reshape / Transpose forward in
-  place of ``nn.Unfold`` (same values, FP32 and quantized exports alike:
-  :mod:`gpusq_mm.deploy.rewrite`).
+- gives Swin ``PatchMerging`` layers a forward of stacked strided slices
+  in place of ``nn.Unfold`` (same values, FP32 and quantized exports
+  alike: :mod:`gpusq_mm.deploy.rewrite`).
 
 The integers go to :func:`gpusq_mm.deploy.qdq.quantize_weight_initializers`
 after tracing. The user's model is never modified.

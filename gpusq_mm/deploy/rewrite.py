@@ -79,7 +79,7 @@ def _is_patch_merging(module: nn.Module) -> bool:
 
 def rewrite_patch_merging(model: nn.Module) -> List[str]:
     """Give each Unfold-based ``PatchMerging`` of an export copy a
-    Reshape / Transpose forward (same values; changed in place).
+    forward of stacked strided slices (same values; changed in place).
 
     Returns:
         list[str]: names of the rewritten modules.
