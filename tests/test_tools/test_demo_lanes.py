@@ -117,6 +117,22 @@ def test_one_job_leaves_the_threads_alone(tmp_path, runs_mod, monkeypatch):
     assert 'threads 7' in log.read_text()
 
 
+def _run_in_thread(runs_mod, cmd, log):
+    """Start ``runs_mod.run(cmd, log)`` in a thread; its RuntimeError
+    messages go to the returned list."""
+    errors = []
+
+    def target():
+        try:
+            runs_mod.run(cmd, str(log))
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=target)
+    t.start()
+    return t, errors
+
+
 def test_a_failed_run_stops_the_others(tmp_path, runs_mod):
     """After abort_runs() a running subprocess is killed and a new one is
     refused, each with a message that says why."""
@@ -128,17 +144,8 @@ def test_a_failed_run_stops_the_others(tmp_path, runs_mod):
         'import time\nfor i in range(200):\n'
         '    print(i, flush=True); time.sleep(0.05)',
     ]
-    errors = []
-
-    def target():
-        try:
-            runs_mod.run(slow, str(tmp_path / 't' / 'slow.log'))
-        except RuntimeError as e:
-            errors.append(str(e))
-
-    t = threading.Thread(target=target)
     t0 = time.time()
-    t.start()
+    t, errors = _run_in_thread(runs_mod, slow, tmp_path / 't' / 'slow.log')
     time.sleep(1.0)
     runs_mod.abort_runs()
     t.join(20)
@@ -177,16 +184,7 @@ def test_abort_kills_a_silent_run_and_its_children(tmp_path, runs_mod):
         f'open({str(pid_file)!r}, "w").write(str(c.pid))\n'
         'time.sleep(60)',
     ]
-    errors = []
-
-    def target():
-        try:
-            runs_mod.run(silent, str(tmp_path / 't' / 'silent.log'))
-        except RuntimeError as e:
-            errors.append(str(e))
-
-    t = threading.Thread(target=target)
-    t.start()
+    t, errors = _run_in_thread(runs_mod, silent, tmp_path / 't' / 'silent.log')
     deadline = time.time() + 20
     while not pid_file.exists() or not pid_file.read_text():
         assert time.time() < deadline, 'the run did not start'

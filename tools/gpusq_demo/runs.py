@@ -86,9 +86,11 @@ def run(
 
 def _stream(cmd: List[str], log_file: str, env: dict, prefix: str) -> None:
     with open(log_file, 'w') as f:
-        with _RUNNING_LOCK:
+        with _RUNNING_LOCK:  # an abort between run()'s check and here
             if _ABORT.is_set():
-                raise RuntimeError(f'not started (another run failed): {cmd}')
+                raise RuntimeError(
+                    'not started (another run failed): ' + ' '.join(cmd)
+                )
             proc = subprocess.Popen(
                 cmd,
                 stdout=subprocess.PIPE,
