@@ -21,9 +21,10 @@ Swin classifier) it
 5. full demo only (``--quick``: with ``--all-rows``), for cls and seg: the
    extra training rows ``sparse24_labelfree`` (stage 1 with the teacher's
    predictions instead of the labels, the ``sparse24`` budget),
-   ``sparse24_int4`` and ``sparse24_int4_uniform`` (the whole pipeline with
-   INT4 QAT, with / without the per-layer feature-KD weight factors, the
-   ``sparse24_int8`` budget);
+   ``sparse24_int4`` and ``sparse24_int4_uniform`` (INT4 QAT, with / without
+   the per-layer feature-KD weight factors: the GPUSQ run resumed from its
+   stage-1 checkpoint, so they share its 2:4 + KD stage and train only
+   their own QAT stage; the ``sparse24_int8`` budget);
 
 and writes ``results.json`` (one row per task and stage), ``results.png``
 and prints the table. The final student's row also gets its ONNX numbers:
@@ -58,6 +59,7 @@ from gpusq_demo.configs import (  # noqa: F401
     _iter_based,
     dense_val_interval,
     prepare_config,
+    stage1_checkpoint,
 )
 from gpusq_demo.oneshot import oneshot_checkpoint
 from gpusq_demo.results import (  # noqa: F401
@@ -243,8 +245,13 @@ def main(argv=None) -> List[dict]:
         # 1. dense teacher
         dense_cfg, dense_dir, dense_ckpt = dense_of(task, data_root).result()
 
-        def train_run(name: str, cfg: str, log_name: str, priority=1):
-            """``tools/train.py cfg`` into ``tdir/name``; the work dir."""
+        def train_run(
+            name: str, cfg: str, log_name: str, priority=1, after=None
+        ):
+            """``tools/train.py cfg`` into ``tdir/name`` (once the run
+            ``after``, a Future, is done); the work dir."""
+            if after is not None:
+                after.result()
             run_dir = osp.join(tdir, name)
             run(
                 [py, train, cfg, '--work-dir', run_dir],
@@ -267,6 +274,7 @@ def main(argv=None) -> List[dict]:
             f'INT8 QAT + KD ({sched["qat"]})'
         )
         gpusq_job = pool.submit(train_run, 'gpusq', gpusq_cfg, 'gpusq')
+        gpusq_dir = osp.join(tdir, 'gpusq')
 
         # 3. ablation: the same 2:4 fine-tune without KD
         nokd_cfg = prepare(
@@ -299,7 +307,10 @@ def main(argv=None) -> List[dict]:
         )
 
         # 5. the extra rows (full demo): label-free, INT4 with / without
-        # the per-layer factors, each a gpusq run with model overrides
+        # the per-layer factors, each a gpusq run with model overrides; the
+        # INT4 rows branch off the GPUSQ run at its stage-1 checkpoint
+        with inproc:
+            stage1_ckpt = stage1_checkpoint(gpusq_cfg, gpusq_dir, sched)
         extra_runs = {}
         for stage in spec['extra_rows'] if extra else ():
             how = EXTRA_RUNS[stage]
@@ -312,12 +323,17 @@ def main(argv=None) -> List[dict]:
                 teacher_ckpt=dense_ckpt,
                 model=how['model'],
                 qat=how['qat'],
+                resume_from=stage1_ckpt if how['branch'] else None,
             )
-            log(f'[{task}] extra row {stage}: {how["model"]}')
+            log(
+                f'[{task}] extra row {stage}: {how["model"]}'
+                + (' (resumes the GPUSQ stage 1)' if how['branch'] else '')
+            )
+            after = gpusq_job if how['branch'] else None
             extra_runs[stage] = (
                 cfg,
-                pool.submit(train_run, stage, cfg, stage, 2),
-                how['qat'],
+                pool.submit(train_run, stage, cfg, stage, 2, after),
+                how,
             )
 
         # 6. more seeds of the KD vs no-KD comparison (full demo, where
@@ -355,8 +371,8 @@ def main(argv=None) -> List[dict]:
             for stage, jobs in seed_jobs.items()
         }
         extra_dirs = {
-            stage: (cfg, job.result(), qat)
-            for stage, (cfg, job, qat) in extra_runs.items()
+            stage: (cfg, job.result(), how)
+            for stage, (cfg, job, how) in extra_runs.items()
         }
         # the measurements run alone: latencies are not taken under load
         with lanes.exclusive(), inproc:
@@ -436,11 +452,13 @@ def main(argv=None) -> List[dict]:
             ),
             ('sparse24_int8', metric_at(gpusq_val, key), final),
         ]
-        for stage, (cfg, run_dir, qat) in got['extra'].items():
+        for stage, (cfg, run_dir, how) in got['extra'].items():
             val = read_val_metrics(run_dir)
-            if len(val) != (2 if qat else 1):
+            # end of stage 1 (not in a branch: the GPUSQ run's), end of QAT
+            want = 1 + (how['qat'] and not how['branch'])
+            if len(val) != want:
                 raise RuntimeError(
-                    f'expected {2 if qat else 1} validation(s) in {run_dir}, '
+                    f'expected {want} validation(s) in {run_dir}, '
                     f'got {len(val)}'
                 )
             results.append(
@@ -452,12 +470,7 @@ def main(argv=None) -> List[dict]:
             )
         paired = {}
         if spec.get('paired'):
-            from mmengine.config import Config
-
-            unit = (
-                'iter' if _iter_based(Config.fromfile(gpusq_cfg)) else 'epoch'
-            )
-            stage1_ckpt = osp.join(gpusq_dir, f'{unit}_{sched["stage1"]}.pth')
+            stage1_ckpt = stage1_checkpoint(gpusq_cfg, gpusq_dir, sched)
             paired = paired_rows(
                 {
                     'dense': (dense_cfg, dense_ckpt),

@@ -177,3 +177,23 @@ def test_exact_resume_from_each_stage(
         _assert_same_state(got['state'][it], ref['state'][it], name)
         assert got['lr'][it] == ref['lr'][it], name
         assert got['loss'][it] == ref['loss'][it], name
+
+    # a branch, as the demo's INT4 rows: resume the end of stage 1 with
+    # INT4 quantization instead. The stage-1 state carries over exactly;
+    # the QAT stage that follows is the INT4 one (another forward).
+    work = str(tmp_path / 'branch_int4')
+    _train(
+        [_config(tmp_path, 'branch', stop_at=2), '--work-dir', work]
+        + ['--resume', osp.join(full, 'epoch_2.pth')]
+        + _options(teacher, cls_cfg_options, 4)
+        + ['model.quantization=int4']
+    )
+    got = RECORDS['branch']
+    assert sorted(got['loss']) == [2]
+    state, ref_state = got['state'][2], ref['state'][2]
+    assert sorted(state) == sorted(ref_state)
+    for key, value in ref_state.items():
+        if '_quantizer.' not in key:  # weights, masks, stage, statistics
+            assert torch.equal(state[key], value), key
+    assert got['lr'][2] == ref['lr'][2]
+    assert got['loss'][2] != ref['loss'][2]  # 4-bit, not 8-bit, fake quant

@@ -78,8 +78,12 @@ def test_quick_runs_the_extra_rows_only_when_asked():
         }
     runs = demo.EXTRA_RUNS
     # equal budgets: label-free = stage 1 (as sparse24), INT4 = the whole
-    # pipeline (as sparse24_int8), with and without the layer factors
+    # pipeline (as sparse24_int8), with and without the layer factors; the
+    # INT4 rows branch off the GPUSQ run after its (shared) stage 1
     assert runs['sparse24_labelfree']['qat'] is False
+    assert runs['sparse24_labelfree']['branch'] is False
+    assert runs['sparse24_int4']['branch'] is True
+    assert runs['sparse24_int4_uniform']['branch'] is True
     assert runs['sparse24_labelfree']['model']['distill'] == dict(
         hard='teacher'
     )
@@ -108,10 +112,12 @@ def test_extra_row_configs(tmp_path, cls_data_root):
             teacher_ckpt='dense.pth',
             model=how['model'],
             qat=how['qat'],
+            resume_from='gpusq/epoch_3.pth' if how['branch'] else None,
         )
         got[stage] = Config.fromfile(path)
     free = got['sparse24_labelfree']
     assert free.model.distill.hard == 'teacher'
+    assert not free.get('resume', False) and free.load_from == 'dense.pth'
     assert free.model.quantization is None
     assert free.train_cfg.max_epochs == sched['stage1']
     hook = [h for h in free.custom_hooks if h['type'].endswith('GPUSQHook')]
@@ -121,6 +127,8 @@ def test_extra_row_configs(tmp_path, cls_data_root):
         assert cfg.model.quantization == 'int4'
         assert cfg.train_cfg.max_epochs == sched['stage1'] + sched['qat']
         assert cfg.model.teacher.checkpoint == 'dense.pth'
+        # MMEngine resume: iteration, optimizer and schedulers carry on
+        assert cfg.resume is True and cfg.load_from == 'gpusq/epoch_3.pth'
     assert got['sparse24_int4_uniform'].model.distill.weighting.mode == (
         'uniform'
     )

@@ -110,6 +110,7 @@ def prepare_config(
     backbone_ckpt: Optional[str] = None,
     model: Optional[dict] = None,
     qat: Optional[bool] = None,
+    resume_from: Optional[str] = None,
 ) -> str:
     """Load ``src``, adapt it to this demo run and dump it to ``dst``.
 
@@ -118,7 +119,10 @@ def prepare_config(
     overrides merged into the (gpusq) model config, e.g.
     ``dict(quantization='int4')``. ``qat``: the run has the QAT stage
     (default: with KD only; False: stage 1 alone, for an unquantized
-    model).
+    model). ``resume_from``: the run resumes from this checkpoint of
+    another run with the same schedule (an INT4 row from the GPUSQ run's
+    stage-1 checkpoint): MMEngine's resume, so the iteration, optimizer
+    and scheduler states carry on and only the rest is trained.
     """
     from mmengine.config import Config
 
@@ -153,5 +157,19 @@ def prepare_config(
         if not kd:
             raise ValueError('model overrides apply to the gpusq model only')
         cfg.merge_from_dict(dict(model=model))
+    if resume_from is not None:
+        if stages is None:
+            raise ValueError('resume_from needs the gpusq schedule (stages)')
+        cfg.load_from = resume_from
+        cfg.resume = True
     cfg.dump(dst)
     return dst
+
+
+def stage1_checkpoint(gpusq_cfg: str, run_dir: str, sched: dict) -> str:
+    """The checkpoint a GPUSQ run (``gpusq_cfg`` in ``run_dir``) saves at
+    the end of its stage 1 (2:4 + KD): ``iter_N.pth`` or ``epoch_N.pth``."""
+    from mmengine.config import Config
+
+    unit = 'iter' if _iter_based(Config.fromfile(gpusq_cfg)) else 'epoch'
+    return osp.join(run_dir, f'{unit}_{sched["stage1"]}.pth')

@@ -9,21 +9,29 @@ DEMO_CFG = osp.join(ROOT, 'configs', 'gpusq', 'demo')
 # task's gpusq config with these ``model`` overrides; ``qat``: the run has
 # the QAT stage (stage 1 + QAT, as ``sparse24_int8``) or stops after stage 1
 # (as ``sparse24``), so that each row has the budget of the row it is
-# compared with.
+# compared with. ``branch``: the row resumes the GPUSQ run from its
+# stage-1 checkpoint (``tools/train.py --resume``) and trains only its own
+# QAT stage: the INT4 rows share the 2:4 + KD stage with ``sparse24_int8``
+# (the factors are about the INT4 QAT; the shared stage costs nothing
+# twice and the rows differ only where they are compared).
 EXTRA_RUNS = {
     # label-free: the teacher's predictions replace the ground truth
     'sparse24_labelfree': dict(
         model=dict(distill=dict(hard='teacher'), quantization=None),
         qat=False,
+        branch=False,
     ),
     # INT4 QAT with the per-layer feature-KD weight factors (the default)
-    'sparse24_int4': dict(model=dict(quantization='int4'), qat=True),
+    'sparse24_int4': dict(
+        model=dict(quantization='int4'), qat=True, branch=True
+    ),
     # the same without them (every layer weighted 1)
     'sparse24_int4_uniform': dict(
         model=dict(
             quantization='int4', distill=dict(weighting=dict(mode='uniform'))
         ),
         qat=True,
+        branch=True,
     ),
 }
 EXTRA_ROWS = tuple(EXTRA_RUNS)
