@@ -237,10 +237,21 @@ def main(argv=None) -> List[dict]:
         )
         return dense_cfg, dense_dir, last_checkpoint(dense_dir)
 
+    # the gating teachers' data first: they train alone, the others wait
+    gating_data = {t: threading.Event() for t in gating if t in args.tasks}
+
     def pipeline(task: str) -> None:
         spec, sched = TASKS[task], SCHEDULES[mode][task]
         tdir = osp.join(work_dir, task)
-        data_root = data_root_of(task)
+        if task in gating_data:
+            try:
+                data_root = data_root_of(task)
+            finally:  # set on failure too: nobody waits forever
+                gating_data[task].set()
+        else:
+            for ready in gating_data.values():
+                ready.wait()
+            data_root = data_root_of(task)
 
         # 1. dense teacher
         dense_cfg, dense_dir, dense_ckpt = dense_of(task, data_root).result()
