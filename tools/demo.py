@@ -217,14 +217,18 @@ def main(argv=None) -> List[dict]:
                 backbone = last_checkpoint(src_dir)
             log(f'[{task}] backbone initialised from {backbone}')
         dense_dir = osp.join(tdir, 'dense')
-        dense_cfg = prepare(
-            osp.join(DEMO_CFG, spec['dense']),
-            osp.join(tdir, 'dense.py'),
-            data_root,
-            args.seed,
-            dense_len=sched['dense'],
-            backbone_ckpt=backbone,
-        )
+        try:
+            dense_cfg = prepare(
+                osp.join(DEMO_CFG, spec['dense']),
+                osp.join(tdir, 'dense.py'),
+                data_root,
+                args.seed,
+                dense_len=sched['dense'],
+                backbone_ckpt=backbone,
+            )
+        finally:  # a gating teacher's run can start: the others go on
+            if task in gating_data:
+                gating_data[task].set()
         log(
             f'[{task}] 1/3 dense training ({sched["dense"]} '
             f'{"iters" if task != "cls" else "epochs"})'
@@ -237,7 +241,8 @@ def main(argv=None) -> List[dict]:
         )
         return dense_cfg, dense_dir, last_checkpoint(dense_dir)
 
-    # the gating teachers' data first: they train alone, the others wait
+    # the gating teachers first (they train alone): the other tasks wait
+    # until their data and config are ready (in-process work is serial)
     gating_data = {t: threading.Event() for t in gating if t in args.tasks}
 
     def pipeline(task: str) -> None:
@@ -246,8 +251,9 @@ def main(argv=None) -> List[dict]:
         if task in gating_data:
             try:
                 data_root = data_root_of(task)
-            finally:  # set on failure too: nobody waits forever
+            except BaseException:  # nobody waits forever
                 gating_data[task].set()
+                raise
         else:
             for ready in gating_data.values():
                 ready.wait()
