@@ -9,13 +9,12 @@ masks from them, INT8 QAT quantizers calibrated on random images), batch
 1, exported several ways and timed side by side in one process, two ways:
 
 - steady state (``ms``, the headline): each file runs 5 times in a row
-  and the last 3 are timed, as a deployed model serving alone runs (its
-  weights stay in the caches: the INT8 files, ~29 MB, fit a 32 MB L3, the
-  FP32 file, ~107 MB, does not); files alternate block by block, so a
-  noisy machine slows them alike;
-- interleaved (``ms_interleaved``): each round runs every file once, so
-  every run starts with the other files' weights in the caches (a cold
-  cache, the pessimistic case).
+  and the last 3 are timed, as a deployed model serving alone runs
+  (onnxruntime's default spin-waiting threads, warm caches); files
+  alternate block by block, so a noisy machine slows them alike;
+- interleaved (``ms_interleaved``): each round runs every file once; the
+  sessions do not spin-wait (``ort_session(spin=False)``), else the idle
+  sessions' threads take the cores from the one being timed.
 
 The files:
 
@@ -217,7 +216,9 @@ def time_interleaved(files: dict, feed, threads: int, runs: int) -> dict:
     runs each."""
     from gpusq_mm.deploy.verify import ort_session
 
-    sessions = {k: ort_session(p, threads) for k, p in files.items()}
+    sessions = {
+        k: ort_session(p, threads, spin=False) for k, p in files.items()
+    }
     for sess in sessions.values():  # warm up
         for _ in range(3):
             sess.run(None, {'input': feed})
@@ -463,7 +464,7 @@ def main(argv=None) -> dict:
             f'{row["cosine"]:.5f}  {row["fused"]}'
         )
     print(
-        'interleaved (cold cache): '
+        'interleaved (no spin-wait): '
         + ', '.join(
             f'{key} {row["ms_interleaved"]:.1f} ms '
             f'{base["ms_interleaved"] / row["ms_interleaved"]:.2f}x'

@@ -139,3 +139,48 @@ def test_op_profile_counts_kernels_per_op_type(tmp_path):
     assert 'Sigmoid' in prof and prof['Sigmoid'][1] == 1
     assert all(ms >= 0 for ms, _ in prof.values())
     assert list(prof.values()) == sorted(prof.values(), key=lambda v: -v[0])
+
+
+def test_timing_sessions_do_not_spin_wait(tmp_path, monkeypatch):
+    """Sessions timed side by side in one process block between runs:
+    an idle session's spinning threads would take the cores from the one
+    being timed. A deployment session keeps onnxruntime's default."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from gpusq_mm.deploy import verify
+
+    graph = helper.make_graph(
+        [helper.make_node('Relu', ['x'], ['y'])],
+        'g',
+        [helper.make_tensor_value_info('x', TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info('y', TensorProto.FLOAT, [2, 4])],
+    )
+    path = str(tmp_path / 'relu.onnx')
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)]),
+        path,
+    )
+    key = 'session.intra_op.allow_spinning'
+
+    def spin_of(sess):
+        try:
+            return sess.get_session_options().get_session_config_entry(key)
+        except RuntimeError:  # not set: onnxruntime's default (spin)
+            return None
+
+    assert spin_of(verify.ort_session(path, 2)) in (None, '1')
+    assert spin_of(verify.ort_session(path, 2, spin=False)) == '0'
+    made = []
+    real = verify.ort_session
+
+    def recording(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(verify, 'ort_session', recording)
+    times = verify.ort_latencies_ms(
+        [path, path], np.ones((2, 4), np.float32), threads=2, runs=2
+    )
+    assert len(times) == 2 and len(made) == 2
+    assert all(spin_of(s) == '0' for s in made)
