@@ -10,7 +10,8 @@ DEMO_CFG = osp.join(ROOT, 'configs', 'gpusq', 'demo')
 # the QAT stage (stage 1 + QAT, as ``sparse24_int8``) or stops after stage 1
 # (as ``sparse24``), so that each row has the budget of the row it is
 # compared with. ``branch``: the row resumes the GPUSQ run from its
-# stage-1 checkpoint (``tools/train.py --resume``) and trains only its own
+# stage-1 checkpoint (``resume=True``, ``load_from=`` it: MMEngine's
+# resume, as ``tools/train.py --resume PATH``) and trains only its own
 # QAT stage: the INT4 rows share the 2:4 + KD stage with ``sparse24_int8``
 # (the factors are about the INT4 QAT; the shared stage costs nothing
 # twice and the rows differ only where they are compared).
@@ -50,8 +51,8 @@ TASKS = {
         # detector at 0.001-0.014 bbox mAP (its loss stalls); from the seg
         # backbone it learns.
         backbone_from='seg',
-        # no extra rows: two more INT4 pipelines of the detector would take
-        # the full demo past 30 min on a 2-core CPU
+        # no extra rows: the full demo is already past 30 min on a 2-core
+        # CPU, and rows of the slowest model would add to it
         extra_rows=(),
         # the exported part of the final student and its input shape
         deploy=dict(part='backbone+neck', shape=(1, 3, 320, 320)),
