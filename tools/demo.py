@@ -431,7 +431,11 @@ def main(argv=None) -> List[dict]:
             osp.join(tdir, 'dense_curve.png'),
             f'{task} dense teacher: train loss and val {spec["metric"]}',
         )
-        log(f'[{task}] dense learning curve: {curve["curve"]}')
+        val_loss = curve.get('val_loss')
+        log(
+            f'[{task}] dense learning curve: {curve["curve"]}'
+            + (f'; val loss {val_loss}' if val_loss else '')
+        )
 
         gpusq_val = read_val_metrics(gpusq_dir)
         if len(gpusq_val) != 2:  # end of stage 1, end of QAT

@@ -158,6 +158,27 @@ def test_dense_curve_and_seed_stats(tmp_path):
         [30, 91.5],
     ]
     assert got['last_gain'] == 0.5
+    assert 'val_loss' not in got  # none logged
+    # with ValLossHook: val_loss at every validation, by step
+    for i, row in enumerate(lines[1:]):
+        row['val_loss'] = 1.0 - 0.1 * i
+    (run / 'scalars.json').write_text(
+        '\n'.join(json.dumps(x) for x in lines) + '\n'
+    )
+    got = dense_curve(str(tmp_path), 'accuracy/top1', 30, 7, 'epochs')
+    assert got['val_loss'] == [
+        [7, 1.0],
+        [14, 0.9],
+        [21, 0.8],
+        [28, 0.7],
+        [30, 0.6],
+    ]
+    del lines[2]['val_loss']
+    (run / 'scalars.json').write_text(
+        '\n'.join(json.dumps(x) for x in lines) + '\n'
+    )
+    with pytest.raises(RuntimeError, match='at some validations only'):
+        dense_curve(str(tmp_path), 'accuracy/top1', 30, 7, 'epochs')
     with pytest.raises(RuntimeError, match='expected 4 validations'):
         dense_curve(str(tmp_path), 'accuracy/top1', 40, 10, 'epochs')
     stats = seed_stats([90.0, 92.0, 94.0])
@@ -199,7 +220,14 @@ def test_demo_quick_writes_all_rows(tmp_path):
         if r['stage'] == 'sparse24_int8':  # the final student: exported
             assert set(r) == base | set(DEPLOY) | {'onnx_cosine'}
         elif r['stage'] == 'dense':  # the teacher's learning curve
-            assert set(r) == base | {'curve', 'curve_unit', 'last_gain'}
+            assert set(r) == base | {
+                'curve',
+                'curve_unit',
+                'last_gain',
+                'val_loss',  # the dense configs' ValLossHook
+            }
+            assert [p[0] for p in r['val_loss']] == [p[0] for p in r['curve']]
+            assert all(0 < p[1] < 100 for p in r['val_loss']), r
             length = demo.SCHEDULES['quick'][r['task']]['dense']
             step = demo.dense_val_interval(length)
             steps = list(range(step, length + 1, step))

@@ -91,7 +91,9 @@ def dense_curve(
         dict: ``curve``: ``[[step, metric], ...]`` at each validation
         (``unit`` steps: epochs or iterations); ``last_gain``: the metric
         gained over the last validation interval (the plateau check: near
-        0 when the teacher has converged).
+        0 when the teacher has converged); ``val_loss``: ``[[step, loss],
+        ...]``, the training loss on the val data at each validation
+        (``gpusq_mm.ValLossHook``), when the run logged it.
     """
     vals = read_val_metrics(work_dir)
     steps = list(range(interval, length + 1, interval))
@@ -104,13 +106,22 @@ def dense_curve(
         )
     curve = [[s, metric_at(vals, key, i)] for i, s in enumerate(steps)]
     gain = curve[-1][1] - curve[-2][1] if len(curve) > 1 else None
-    return dict(curve=curve, curve_unit=unit, last_gain=gain)
+    out = dict(curve=curve, curve_unit=unit, last_gain=gain)
+    losses = [row.get('val_loss') for row in vals]
+    if any(loss is not None for loss in losses):
+        if None in losses:
+            raise RuntimeError(
+                f'{work_dir}: val_loss logged at some validations only'
+            )
+        out['val_loss'] = [[s, float(v)] for s, v in zip(steps, losses)]
+    return out
 
 
 def plot_curve(
     work_dir: str, key: str, curve: dict, path: str, title: str
 ) -> None:
-    """Train loss per iteration and the val metric at each validation."""
+    """Train loss per iteration, the val loss (when logged) and the val
+    metric at each validation."""
     import matplotlib
 
     matplotlib.use('Agg')
@@ -122,8 +133,6 @@ def plot_curve(
         it, loss = zip(*losses)
         ax.plot(it, loss, color='tab:blue', lw=0.8, label='train loss')
     ax.set_xlabel('iteration')
-    ax.set_ylabel('train loss', color='tab:blue')
-    ax2 = ax.twinx()
     pts = curve['curve']
     if losses and curve['curve_unit'] == 'epochs':
         # epochs -> iterations (the loss axis): iterations per epoch
@@ -131,6 +140,19 @@ def plot_curve(
         xs = [p[0] * per_epoch for p in pts]
     else:
         xs = [p[0] for p in pts]
+    if curve.get('val_loss'):
+        ax.plot(
+            xs,
+            [p[1] for p in curve['val_loss']],
+            's--',
+            color='tab:green',
+            label='val loss',
+        )
+        ax.legend(loc='upper center', fontsize=8)
+        ax.set_ylabel('train / val loss', color='tab:blue')
+    else:
+        ax.set_ylabel('train loss', color='tab:blue')
+    ax2 = ax.twinx()
     ax2.plot(xs, [p[1] for p in pts], 'o-', color='tab:red', label=key)
     ax2.set_ylabel(f'val {key}', color='tab:red')
     ax.set_title(title, fontsize=9)

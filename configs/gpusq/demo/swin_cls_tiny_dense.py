@@ -110,3 +110,6 @@ default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(interval=max_epochs, max_keep_ckpts=2),
 )
+# val_loss at each validation (the training loss on the val data, logged
+# next to the metric): the learning curve's plateau / overfitting check
+custom_hooks = [dict(type='gpusq_mm.ValLossHook')]

@@ -142,3 +142,6 @@ default_hooks = dict(
 )
 log_processor = dict(by_epoch=False)
 auto_scale_lr = dict(enable=False)
+# val_loss at each validation (the training loss on the val data, logged
+# next to the metric): the learning curve's plateau / overfitting check
+custom_hooks = [dict(type='gpusq_mm.ValLossHook')]

@@ -96,3 +96,6 @@ default_hooks = dict(
     logger=dict(interval=20),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=2),
 )
+# val_loss at each validation (the training loss on the val data, logged
+# next to the metric): the learning curve's plateau / overfitting check
+custom_hooks = [dict(type='gpusq_mm.ValLossHook')]
