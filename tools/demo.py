@@ -429,7 +429,7 @@ def main(argv=None) -> List[dict]:
             spec['metric'],
             curve,
             osp.join(tdir, 'dense_curve.png'),
-            f'{task} dense teacher: train loss and val {spec["metric"]}',
+            f'{task} dense teacher: train / val loss, val {spec["metric"]}',
         )
         val_loss = curve.get('val_loss')
         log(

@@ -62,7 +62,7 @@ INVENTORY = {
     ): _SETUP,
     (README, 'pip install -e .'): _SETUP,
     (README, '.venv/bin/python tools/demo.py --work-dir work_dirs/demo'): (
-        'NOT RUN: the full demo takes ~25 min on 2 CPU cores; its --quick '
+        'NOT RUN: the full demo takes ~35 min on 2 CPU cores; its --quick '
         f'form (same stages, fewer iterations) runs in {BENCH_TEST}::'
         'test_demo_quick_writes_all_rows'
     ),

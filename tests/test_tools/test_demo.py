@@ -400,3 +400,31 @@ def test_oneshot_checkpoint_is_the_dense_model_2to4_pruned(
             str(tmp_path / 'bad.pth'),
         )
     assert not osp.exists(tmp_path / 'bad.pth')
+
+
+def test_val_loss_on_the_teachers_only(tmp_path, cls_data_root):
+    """The dense runs log val_loss (the learning curve); the student runs
+    drop the hook they inherit (extra loss forwards, no row uses them)."""
+    from mmengine.config import Config
+
+    demo = _import_demo()
+    spec, sched = demo.TASKS['cls'], demo.SCHEDULES['quick']['cls']
+
+    def hooks(name, **kw):
+        path = demo.prepare_config(
+            osp.join(demo.DEMO_CFG, spec[name]),
+            str(tmp_path / f'{name}_{len(kw)}.py'),
+            cls_data_root,
+            seed=0,
+            **kw,
+        )
+        return [h['type'] for h in Config.fromfile(path).custom_hooks]
+
+    assert hooks('dense', dense_len=sched['dense']) == [
+        'gpusq_mm.ValLossHook'
+    ]
+    gpusq = Config.fromfile(osp.join(demo.DEMO_CFG, spec['gpusq']))
+    assert 'gpusq_mm.ValLossHook' in [h['type'] for h in gpusq.custom_hooks]
+    student = dict(stages=sched, teacher_ckpt='dense.pth')
+    assert hooks('gpusq', **student) == ['gpusq_mm.GPUSQHook']
+    assert hooks('gpusq', kd=False, **student) == ['gpusq_mm.SparsityHook']

@@ -143,6 +143,14 @@ def prepare_config(
             cfg, stages['stage1'], stages['qat'], use_qat=use_qat
         )
         cfg.load_from = teacher_ckpt
+        # the val loss (the dense configs' ValLossHook, which the gpusq
+        # configs inherit) is the teachers' learning-curve check; a student
+        # run's extra loss forwards would only add to the demo's time
+        cfg.custom_hooks = [
+            h
+            for h in cfg.custom_hooks
+            if not h['type'].endswith('ValLossHook')
+        ]
         if kd:
             cfg.model.teacher.checkpoint = teacher_ckpt
         else:
