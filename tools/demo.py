@@ -229,6 +229,7 @@ def main(argv=None) -> List[dict]:
         finally:  # a gating teacher's run can start: the others go on
             if task in gating_data:
                 gating_data[task].set()
+            dense_queued[task].set()
         log(
             f'[{task}] 1/3 dense training ({sched["dense"]} '
             f'{"iters" if task != "cls" else "epochs"})'
@@ -244,6 +245,23 @@ def main(argv=None) -> List[dict]:
     # the gating teachers first (they train alone): the other tasks wait
     # until their data and config are ready (in-process work is serial)
     gating_data = {t: threading.Event() for t in gating if t in args.tasks}
+    # set when a task's teacher run is queued for a slot (or cannot be)
+    dense_queued = {t: threading.Event() for t in TASKS}
+    pipelines: Dict[str, Future] = {}  # task -> its pipeline
+
+    def wait_teachers_queued(task: str) -> None:
+        """Wait until every other teacher of this run is queued: a task's
+        student runs then never take the slot of a teacher still being
+        prepared (the det teacher, which starts from the seg one, is the
+        demo's critical path; before, it could wait ~3 min for the seg
+        GPUSQ run that won the race to the in-process lock)."""
+        for other in args.tasks:
+            while other != task and not dense_queued[other].wait(1.0):
+                with dense_lock:
+                    job = dense_runs.get(other)
+                pipe = pipelines.get(other)
+                if any(f is not None and f.done() for f in (job, pipe)):
+                    break  # it failed before its teacher was queued
 
     def pipeline(task: str) -> None:
         spec, sched = TASKS[task], SCHEDULES[mode][task]
@@ -261,6 +279,7 @@ def main(argv=None) -> List[dict]:
 
         # 1. dense teacher
         dense_cfg, dense_dir, dense_ckpt = dense_of(task, data_root).result()
+        wait_teachers_queued(task)
 
         def train_run(
             name: str, cfg: str, log_name: str, priority=1, after=None
@@ -522,7 +541,10 @@ def main(argv=None) -> List[dict]:
         )
         write_results(rows, work_dir)
 
-    jobs = [pool.submit(pipeline, t) for t in RUN_ORDER if t in args.tasks]
+    for t in RUN_ORDER:
+        if t in args.tasks:
+            pipelines[t] = pool.submit(pipeline, t)
+    jobs = list(pipelines.values())
     try:
         done, _ = wait_futures(jobs, return_when=FIRST_EXCEPTION)
         for job in jobs:  # the first failure, in task order

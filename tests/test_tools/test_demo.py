@@ -420,9 +420,7 @@ def test_val_loss_on_the_teachers_only(tmp_path, cls_data_root):
         )
         return [h['type'] for h in Config.fromfile(path).custom_hooks]
 
-    assert hooks('dense', dense_len=sched['dense']) == [
-        'gpusq_mm.ValLossHook'
-    ]
+    assert hooks('dense', dense_len=sched['dense']) == ['gpusq_mm.ValLossHook']
     gpusq = Config.fromfile(osp.join(demo.DEMO_CFG, spec['gpusq']))
     assert 'gpusq_mm.ValLossHook' in [h['type'] for h in gpusq.custom_hooks]
     student = dict(stages=sched, teacher_ckpt='dense.pth')
