@@ -131,7 +131,9 @@ def test_readme_dist_train_gpusq_template(
         'train_cfg.max_epochs=2',
         'train_cfg.val_interval=2',
         'default_hooks.checkpoint.interval=2',
-        'custom_hooks.0.qat_ratio=0.5',
+        # the wrapped config's hooks: the dense config's ValLossHook, then
+        # the GPUSQHook that --gpusq appends
+        'custom_hooks.1.qat_ratio=0.5',
     ]
     proc = run_subprocess(argv, tmp_path, env=env(PORT=str(free_port())))
     log = proc.stdout + proc.stderr
