@@ -18,6 +18,8 @@
 #   3. mmdet 3.3.0, mmsegmentation 1.2.2 (+ ftfy, regex), mmpretrain 1.2.0,
 #      pytorch-quantization 2.1.3, onnx, onnxruntime and test tools;
 #   4. this package, editable.
+# Every pip call is held to requirements/constraints.txt (exact versions of
+# the packages around torch), so a fresh machine gets the measured stack.
 # Idempotent: every step checks what is installed first.
 set -euo pipefail
 
@@ -37,7 +39,9 @@ if [[ "$VENV" != none ]]; then
 else
   PY="${PYTHON:-python3}"
 fi
-PIP=("$PY" -m pip --disable-pip-version-check)
+# every install is held to the versions the project was measured with
+PIP=("$PY" -m pip --disable-pip-version-check
+     -c "$ROOT/requirements/constraints.txt")
 log "python: $PY ($("$PY" --version 2>&1))"
 
 have() {  # have DIST [VERSION]: is the distribution installed (at VERSION)?

@@ -255,3 +255,31 @@ def test_manual_setup_pins_match_setup_env():
     script = script.replace('MMCV_VERSION=2.1.0', 'mmcv==2.1.0')
     for name, op, version in sorted(pins):
         assert f'{name}{op}{version}' in script, f'{name}{op}{version}'
+
+
+def test_constraints_pin_the_requirements():
+    """``requirements/constraints.txt`` pins (``==``) every package the
+    requirements files name, leaves torch / torchvision / mmcv to
+    ``tools/setup_env.sh``, and the script applies it to every pip call."""
+    path = osp.join(REPO_ROOT, 'requirements', 'constraints.txt')
+    with open(path) as f:
+        lines = [x.strip() for x in f if x.strip() and x[0] != '#']
+    pins = {}
+    for line in lines:
+        m = re.fullmatch(r'([A-Za-z0-9][\w.-]*)==([\w.]+)', line)
+        assert m, f'{path}: not an exact pin: {line!r}'
+        pins[m.group(1).lower().replace('_', '-')] = m.group(2)
+    for name in ('torch', 'torchvision', 'mmcv'):
+        assert name not in pins, f'{path} must not pin {name}'
+    named = set()
+    for n in ('runtime.txt', 'optional.txt', 'tests.txt'):
+        with open(osp.join(REPO_ROOT, 'requirements', n)) as f:
+            for x in f:
+                m = re.match(r'\s*([A-Za-z0-9][\w.-]*)', x)
+                if m and not x.lstrip().startswith('#'):
+                    named.add(m.group(1).lower().replace('_', '-'))
+    missing = sorted(named - set(pins) - {'mmcv'})
+    assert not missing, f'{path} does not pin {missing}'
+    with open(osp.join(REPO_ROOT, 'tools', 'setup_env.sh')) as f:
+        script = f.read()
+    assert '-c "$ROOT/requirements/constraints.txt"' in script
