@@ -72,6 +72,7 @@ from gpusq_demo.results import (  # noqa: F401
     seed_stats,
     size_mb,
     table,
+    teacher_check,
     write_results,
 )
 from gpusq_demo.runs import (
@@ -536,9 +537,16 @@ def main(argv=None) -> List[dict]:
                 STAGES.index(r['stage']),
             )
         )
+        # the targets are the full schedule's; --quick teachers are short
+        targets = {}
+        if not args.quick and 'teacher_target' in spec:
+            targets[task] = spec['teacher_target']
+        warn = teacher_check(rows, targets)
         log(
             f'[{task}] done:\n' + table([r for r in rows if r['task'] == task])
         )
+        for line in warn:
+            log(line)
         write_results(rows, work_dir)
 
     for t in RUN_ORDER:
@@ -560,6 +568,12 @@ def main(argv=None) -> List[dict]:
         f'all done in {time.time() - t_start:.0f} s ({mode}); results in '
         f'{work_dir}/results.json and results.png\n' + table(rows)
     )
+    for r in rows:
+        if r['stage'] == 'dense' and r.get('teacher_ok') is False:
+            log(
+                f'[{r["task"]}] WARNING: teacher {r["value"]:.4g} < its '
+                f'target {r["teacher_target"]:g} {r["metric"]}'
+            )
     return rows
 
 

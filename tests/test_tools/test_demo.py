@@ -426,3 +426,31 @@ def test_val_loss_on_the_teachers_only(tmp_path, cls_data_root):
     student = dict(stages=sched, teacher_ckpt='dense.pth')
     assert hooks('gpusq', **student) == ['gpusq_mm.GPUSQHook']
     assert hooks('gpusq', kd=False, **student) == ['gpusq_mm.SparsityHook']
+
+
+def test_teacher_check_flags_a_teacher_below_its_target():
+    """A dense row below its task's target gets ``teacher_ok: False`` and
+    a warning naming the task, the value and the target; rows of other
+    stages and tasks without a target are left alone."""
+    _import_demo()
+    from gpusq_demo.results import teacher_check
+    from gpusq_demo.schedules import TASKS
+
+    # the targets the full demo checks: the issue's teacher targets
+    assert {t: TASKS[t]['teacher_target'] for t in TASKS} == dict(
+        det=0.40, seg=80.0, cls=90.0
+    )
+    rows = [
+        dict(task='cls', stage='dense', metric='accuracy/top1', value=21.2),
+        dict(task='cls', stage='sparse24', metric='accuracy/top1', value=20.0),
+        dict(task='seg', stage='dense', metric='mIoU', value=82.6),
+        dict(task='det', stage='dense', metric='coco/bbox_mAP', value=0.05),
+    ]
+    warnings = teacher_check(rows, dict(cls=90.0, seg=80.0))
+    assert len(warnings) == 1
+    assert '[cls]' in warnings[0] and '21.2' in warnings[0]
+    assert '90' in warnings[0]
+    assert rows[0]['teacher_ok'] is False and rows[0]['teacher_target'] == 90
+    assert rows[2]['teacher_ok'] is True
+    assert 'teacher_ok' not in rows[1]  # not a dense row
+    assert 'teacher_ok' not in rows[3]  # no target given (e.g. --quick)

@@ -342,6 +342,32 @@ def plot(rows: List[dict], path: str) -> None:
     plt.close(fig)
 
 
+def teacher_check(rows: List[dict], targets: Dict[str, float]) -> List[str]:
+    """Mark each dense row against its task's target metric.
+
+    Sets ``teacher_target`` and ``teacher_ok`` on the dense rows of the
+    tasks in ``targets`` and returns one warning per teacher below its
+    target: every other row of that task is then measured against a
+    teacher that did not learn the task (the compression ratios and the KD
+    comparison mean little), which the table alone does not say.
+    """
+    warnings = []
+    for r in rows:
+        target = targets.get(r['task'])
+        if r['stage'] != 'dense' or target is None:
+            continue
+        r['teacher_target'] = target
+        r['teacher_ok'] = bool(r['value'] >= target)
+        if not r['teacher_ok']:
+            warnings.append(
+                f'[{r["task"]}] WARNING: the dense teacher reached '
+                f'{r["value"]:.4g} {r["metric"]}, below the '
+                f'{target:g} this demo expects of it: the rows of this task '
+                'compare against a teacher that has not learned the task'
+            )
+    return warnings
+
+
 def table(rows: List[dict]) -> str:
     """The printed table; the ONNX columns are '-' where not measured."""
     head = (

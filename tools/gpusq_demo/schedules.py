@@ -44,6 +44,10 @@ TASKS = {
         gpusq='swin_maskrcnn_tiny_gpusq.py',
         metric='coco/bbox_mAP',
         data='coco',
+        # the full demo's dense teacher should reach this (see
+        # teacher_check): below it, the compressed rows are measured
+        # against an unconverged teacher
+        teacher_target=0.40,
         # the dense detector's backbone starts from the dense seg model's
         # (the same tiny Swin): our stand-in for the ImageNet-pretrained
         # backbone every real Mask R-CNN starts from, which cannot be
@@ -62,6 +66,7 @@ TASKS = {
         gpusq='swin_upernet_tiny_gpusq.py',
         metric='mIoU',
         data='ade',
+        teacher_target=80.0,
         extra_rows=EXTRA_ROWS,
         # paired comparisons of rows on the same val images (mIoU and
         # top-1 are sums over images; COCO mAP is not, so not for det)
@@ -75,6 +80,7 @@ TASKS = {
         gpusq='swin_cls_tiny_gpusq.py',
         metric='accuracy/top1',
         data='cls',
+        teacher_target=90.0,
         extra_rows=EXTRA_ROWS,
         paired=True,
         # the same tiny Swin as the seg model's, window 7 included
