@@ -39,9 +39,9 @@ if [[ "$VENV" != none ]]; then
 else
   PY="${PYTHON:-python3}"
 fi
+PIP=("$PY" -m pip --disable-pip-version-check)
 # every install is held to the versions the project was measured with
-PIP=("$PY" -m pip --disable-pip-version-check
-     -c "$ROOT/requirements/constraints.txt")
+INSTALL=("${PIP[@]}" install -c "$ROOT/requirements/constraints.txt")
 log "python: $PY ($("$PY" --version 2>&1))"
 
 have() {  # have DIST [VERSION]: is the distribution installed (at VERSION)?
@@ -61,7 +61,7 @@ if have torch; then
   log "torch $("$PY" -c 'import torch; print(torch.__version__)') kept"
 else
   log "installing torch 2.14.1 + torchvision 0.29.1"
-  "${PIP[@]}" install -q torch==2.14.1 torchvision==0.29.1
+  "${INSTALL[@]}" -q torch==2.14.1 torchvision==0.29.1
 fi
 if ! have torchvision; then
   TV=$("$PY" - <<'PYEOF'
@@ -71,7 +71,7 @@ print(f'0.{int(v[1]) + 15}.*')
 PYEOF
 )
   log "installing torchvision==$TV to match torch"
-  "${PIP[@]}" install -q "torchvision==$TV"
+  "${INSTALL[@]}" -q "torchvision==$TV"
 fi
 
 # build prerequisites of the mmcv sdist (pkg_resources lives in setuptools<70)
@@ -82,10 +82,10 @@ sys.exit(int(setuptools.__version__.split('.')[0]) >= 70)
 PYEOF
 then
   log "installing build tools (setuptools<70, wheel, ninja)"
-  "${PIP[@]}" install -q 'setuptools<70' wheel ninja
+  "${INSTALL[@]}" -q 'setuptools<70' wheel ninja
 fi
-have ninja || "${PIP[@]}" install -q ninja
-have mmengine || { log "installing mmengine"; "${PIP[@]}" install -q 'mmengine>=0.10.4'; }
+have ninja || "${INSTALL[@]}" -q ninja
+have mmengine || { log "installing mmengine"; "${INSTALL[@]}" -q 'mmengine>=0.10.4'; }
 
 # 2. mmcv with compiled ops --------------------------------------------------
 mmcv_ok() {
@@ -128,8 +128,8 @@ PYEOF
   else
     log "reusing cached mmcv wheel $WHL"
   fi
-  "${PIP[@]}" install -q --no-deps --force-reinstall "$WHL"
-  "${PIP[@]}" install -q 'addict' 'packaging' 'pyyaml' 'yapf' 'opencv-python>=3' 'Pillow'
+  "${INSTALL[@]}" -q --no-deps --force-reinstall "$WHL"
+  "${INSTALL[@]}" -q 'addict' 'packaging' 'pyyaml' 'yapf' 'opencv-python>=3' 'Pillow'
   mmcv_ok || { log "mmcv import check failed"; exit 1; }
 fi
 
@@ -141,18 +141,18 @@ for r in "${REQS[@]}"; do have "${r%%==*}" "${r##*==}" || MISSING+=("$r"); done
 if ((${#MISSING[@]})); then
   log "installing ${MISSING[*]}"
   # mmcv is already satisfied; pip must not try to replace it.
-  "${PIP[@]}" install -q "${MISSING[@]}" "mmcv==$MMCV_VERSION" \
+  "${INSTALL[@]}" -q "${MISSING[@]}" "mmcv==$MMCV_VERSION" \
     --no-build-isolation
 fi
 if ! "$PY" -c 'import ftfy, regex, onnx, onnxruntime, pycocotools, pytest, ruff, matplotlib, prettytable' >/dev/null 2>&1; then
   log "installing runtime/test extras"
-  "${PIP[@]}" install -q -r "$ROOT/requirements/runtime.txt" \
+  "${INSTALL[@]}" -q -r "$ROOT/requirements/runtime.txt" \
     -r "$ROOT/requirements/optional.txt" -r "$ROOT/requirements/tests.txt"
 fi
 
 # 4. this package, editable ---------------------------------------------------
 if ! (cd / && "$PY" -c "import gpusq_mm, os, sys; sys.exit(os.path.dirname(os.path.dirname(gpusq_mm.__file__)) != '$ROOT')" >/dev/null 2>&1); then
   log "installing gpusq_mm (editable)"
-  "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+  "${INSTALL[@]}" -q --no-deps --no-build-isolation -e "$ROOT"
 fi
 log "done: $("$PY" -c 'import torch, mmcv, mmdet, mmseg, mmpretrain, mmengine; print("torch", torch.__version__, "mmengine", mmengine.__version__, "mmcv", mmcv.__version__, "mmdet", mmdet.__version__, "mmseg", mmseg.__version__, "mmpretrain", mmpretrain.__version__)')"

@@ -282,4 +282,5 @@ def test_constraints_pin_the_requirements():
     assert not missing, f'{path} does not pin {missing}'
     with open(osp.join(REPO_ROOT, 'tools', 'setup_env.sh')) as f:
         script = f.read()
-    assert '-c "$ROOT/requirements/constraints.txt"' in script
+    assert 'install -c "$ROOT/requirements/constraints.txt"' in script
+    assert '"${PIP[@]}" install' not in script  # all via INSTALL
