@@ -23,6 +23,7 @@ from .parts import PARTS, PartModule, make_input, model_family
 from .verify import (
     FUSED_OPS,
     fused_ops,
+    int8_kernels_saturate,
     ort_latencies_ms,
     ort_latency_ms,
     ort_supports_int4,
@@ -41,6 +42,7 @@ __all__ = [
     'export_and_verify',
     'export_onnx',
     'fused_ops',
+    'int8_kernels_saturate',
     'load_student',
     'make_input',
     'model_family',

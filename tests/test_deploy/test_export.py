@@ -15,7 +15,7 @@ import torch
 
 from gpusq_mm.deploy import ExportError, export_and_verify, load_student
 from gpusq_mm.deploy.qdq import integer_initializers
-from gpusq_mm.deploy.verify import fused_ops
+from gpusq_mm.deploy.verify import fused_ops, int8_kernels_saturate
 from gpusq_mm.quantization import quantized_layers
 
 from .helpers import CONFIGS, PART, SHAPE, SHAPES, make_student
@@ -265,7 +265,11 @@ def test_export_and_measure_for_the_demo(tmp_path):
     res = export_and_measure(
         CONFIGS['cls'], ckpt, str(tmp_path), shape=SHAPE, runs=2, log=_quiet
     )
-    assert res['mode'] == 'int8' and res['cosine'] > 0.999
+    # the file as written computes the model; onnxruntime's fused
+    # integer kernels do too, where they do not saturate
+    assert res['mode'] == 'int8' and res['graph_cosine'] > 0.999
+    assert res['kernels_saturate'] == int8_kernels_saturate()
+    assert res['kernels_saturate'] or res['cosine'] > 0.999
     assert res['fp32_file_mb'] == pytest.approx(
         osp.getsize(tmp_path / 'fp32.onnx') / 2**20
     )
@@ -381,3 +385,61 @@ def test_eval_onnx_scores_a_segmentor(tmp_path, ade_cfg_options):
         tool.main(
             [CONFIGS['seg'], ckpt, out, '--cfg-options'] + ade_cfg_options
         )
+
+
+def test_int8_kernels_saturate_reads_the_cpu_flags(tmp_path):
+    def cpu(flags):
+        path = tmp_path / 'cpuinfo'
+        path.write_text(f'processor\t: 0\nflags\t\t: {flags}\n\n')
+        return str(path)
+
+    assert int8_kernels_saturate(cpu('fpu sse2 avx avx2 fma'))
+    assert not int8_kernels_saturate(cpu('avx2 avx512f avx512_vnni'))
+    assert not int8_kernels_saturate(cpu('avx2 avx_vnni'))
+    assert not int8_kernels_saturate(cpu('fp asimd'))  # not x86
+    assert not int8_kernels_saturate(str(tmp_path / 'missing'))
+
+
+@pytest.mark.parametrize('saturate', [True, False])
+def test_kernel_drift_is_a_warning_only_where_kernels_saturate(
+    tmp_path, monkeypatch, saturate
+):
+    """The as-written graph decides; an optimized run that drifts (as
+    onnxruntime's integer kernels do on x86 AVX2 without VNNI) fails the
+    check on other CPUs and is a named warning on those."""
+    import gpusq_mm.deploy.api as api
+
+    real = api.run_onnx
+
+    def drifting(path, inputs, threads=None, optimize=True):
+        outs = real(path, inputs, threads, optimize=optimize)
+        if optimize:  # the fused kernels: a large error on every output
+            rng = np.random.default_rng(0)
+            outs = [o + rng.normal(0, 3 * o.std(), o.shape) for o in outs]
+        return outs
+
+    monkeypatch.setattr(api, 'run_onnx', drifting)
+    monkeypatch.setattr(api, 'int8_kernels_saturate', lambda: saturate)
+    ckpt = str(tmp_path / 'cls.pth')
+    make_student('cls', ckpt, stage=2)
+    lines = []
+    res = export_and_verify(
+        CONFIGS['cls'],
+        ckpt,
+        str(tmp_path / 'cls.onnx'),
+        PART['cls'],
+        SHAPE,
+        log=lines.append,
+    )
+    assert min(r['cosine'] for r in res['parity']) > 0.999
+    assert max(r['cosine'] for r in res['kernel_parity']) < 0.9
+    assert res['kernels_saturate'] is saturate
+    warnings = [x for x in lines if x.startswith('[verify] warning:')]
+    if saturate:
+        assert res['passed'] and res['failure'] is None
+        assert 'AVX2 without VNNI' in res['kernel_note']
+        assert len(warnings) == 1 and res['kernel_note'] in warnings[0]
+    else:
+        assert not res['passed'] and res['kernel_note'] is None
+        assert 'optimized integer kernels' in res['failure']
+        assert not warnings

@@ -218,7 +218,10 @@ def test_demo_quick_writes_all_rows(tmp_path):
                 assert c['one_image_a'] >= 0 and c['one_image_b'] >= 0, c
             r['paired'] = p
         if r['stage'] == 'sparse24_int8':  # the final student: exported
-            assert set(r) == base | set(DEPLOY) | {'onnx_cosine'}
+            assert set(r) == base | set(DEPLOY) | {
+                'onnx_cosine',
+                'onnx_graph_cosine',
+            }
         elif r['stage'] == 'dense':  # the teacher's learning curve
             assert set(r) == base | {
                 'curve',
@@ -258,6 +261,7 @@ def test_demo_quick_writes_all_rows(tmp_path):
         assert 0 < r['onnx_int8_ort_mb'] < r['onnx_fp32_mb'], task
         assert r['onnx_int8_ort_ms'] > 0, task
         assert osp.isfile(tmp_path / task / 'onnx' / 'ort_opt.onnx')
+        assert r['onnx_graph_cosine'] > 0.99, task
         assert r['onnx_cosine'] > 0.99, task
     # the ONNX columns are in the printed table
     assert 'int8 MB' in demo.table(rows).splitlines()[0]

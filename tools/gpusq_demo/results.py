@@ -191,8 +191,10 @@ def measure_model(
         dict: ``size_mb`` (deployable weights) and, with ``deploy``, the
         :data:`DEPLOY_KEYS` (ONNX file sizes in MiB, onnxruntime median
         latencies in ms, 2 threads, the three files timed in interleaved
-        rounds) and ``onnx_cosine`` (the quantized
-        export vs the fake-quant PyTorch model).
+        rounds), ``onnx_cosine`` (the quantized export in onnxruntime's
+        integer kernels vs the fake-quant PyTorch model) and
+        ``onnx_graph_cosine`` (the same file run unoptimized: its Q/DQ as
+        written, the file's own semantics).
     """
     from gpusq_mm.utils.model_io import load_model
     from gpusq_mm.utils.model_size import deploy_size_mb
@@ -225,6 +227,7 @@ def measure_model(
             onnx_int8_ort_mb=round(res['ort_opt_file_mb'], 4),
             onnx_int8_ort_ms=round(res['ort_opt_latency_ms'], 3),
             onnx_cosine=round(res['cosine'], 5),
+            onnx_graph_cosine=round(res['graph_cosine'], 5),
         )
     return out
 
