@@ -24,7 +24,9 @@ model = dict(
         embed_dims=embed_dims,
         depths=[1, 1, 2, 1],
         num_heads=[1, 2, 4, 8],
-        drop_path_rate=0.1,
+        # no stochastic depth: with 0.1 (and a 50-iteration warmup) the
+        # from-scratch start depended on the seed (below)
+        drop_path_rate=0.0,
         init_cfg=None,
     ),
     decode_head=dict(
@@ -81,13 +83,26 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 
 train_cfg = dict(max_iters=max_iters, val_interval=val_interval)
+# A long warmup (300 iterations) and no drop path: from scratch, the loss
+# first sits at the class prior while the texture features form. With a
+# 50-iteration warmup and drop path 0.1 that lasted 150-450 iterations
+# depending on the seed (and the CPU's rounding), and a late start ended
+# 11 mIoU lower (seeds 0 / 1 / 2: 82.6 / 87.5 / 93.2); with these two
+# changes seed 0 was at 92.0 mIoU by iteration 1000.
+warmup_iters = 300
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(
+        type='LinearLR',
+        start_factor=0.01,
+        by_epoch=False,
+        begin=0,
+        end=warmup_iters,
+    ),
     dict(
         type='CosineAnnealingLR',
         eta_min_ratio=0.05,
         by_epoch=False,
-        begin=50,
+        begin=warmup_iters,
         end=max_iters,
     ),
 ]
