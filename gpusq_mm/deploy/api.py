@@ -69,6 +69,20 @@ def export_and_verify(
 ) -> Dict:
     """Load a checkpoint, export it and check it in onnxruntime.
 
+    Two checks, each against the PyTorch (fake-quant) forward:
+
+    - the file: ``parity``, the file run with no graph optimization (its
+      Q/DQ ops as written: what TensorRT builds from). Below
+      ``tolerance``, the export is wrong and the check fails;
+    - onnxruntime's integer kernels: ``kernel_parity``, the file run with
+      all optimizations (the fused integer kernels a user's onnxruntime
+      runs). Below ``tolerance`` it fails too, except on a CPU whose
+      integer kernels saturate (:func:`~gpusq_mm.deploy.verify.
+      int8_kernels_saturate`: x86 AVX2 without VNNI), where the file is
+      right and the runtime is not: then ``kernel_note`` says so and the
+      log warns that onnxruntime on this CPU is not an accurate INT8
+      runtime for it.
+
     Args:
         config (str): the config file.
         checkpoint (str): the checkpoint (any stage).
@@ -83,20 +97,6 @@ def export_and_verify(
         seed (int): seed of the generated input. Defaults to 0.
         cfg_options (dict, optional): config overrides.
         log (Callable): progress printer. Defaults to print.
-
-    Two checks, each against the PyTorch (fake-quant) forward:
-
-    - the file: ``parity``, the file run with no graph optimization (its
-      Q/DQ ops as written: what TensorRT builds from). Below
-      ``tolerance``, the export is wrong and the check fails;
-    - onnxruntime's integer kernels: ``kernel_parity``, the file run with
-      all optimizations (the fused integer kernels a user's onnxruntime
-      runs). Below ``tolerance`` it fails too, except on a CPU whose
-      integer kernels saturate (:func:`~gpusq_mm.deploy.verify.
-      int8_kernels_saturate`: x86 AVX2 without VNNI), where the file is
-      right and the runtime is not: then ``kernel_note`` says so and the
-      log warns that onnxruntime on this CPU is not an accurate INT8
-      runtime for it.
 
     Returns:
         dict: :func:`~gpusq_mm.deploy.export.export_onnx`'s result plus
@@ -173,9 +173,9 @@ def export_and_verify(
     else:
         failure = (
             f'onnxruntime parity below tolerance: cosine '
-            f'{kernel_worst:.6f} < {tolerance} with its optimized integer '
-            f'kernels (the unoptimized graph: cosine {worst:.6f}); the '
-            f'file is kept at {out} for inspection'
+            f'{kernel_worst:.6f} < {tolerance} with its graph optimizations '
+            f'(the fused kernels; the graph as written: cosine '
+            f'{worst:.6f}); the file is kept at {out} for inspection'
         )
     result['failure'] = failure
     integer_ops = {k: v for k, v in fused.items() if k in FUSED_OPS}

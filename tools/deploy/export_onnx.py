@@ -9,9 +9,12 @@ A QAT student exports with QuantizeLinear / DequantizeLinear activations
 and integer (INT8, or INT4 where onnxruntime runs it) weight initializers
 with per-output-channel scales, 2:4 zeros exact; a dense or 2:4-only
 student (or ``--fp32``) exports as FP32. The graph then runs in
-onnxruntime on a generated input and its outputs are compared with the
-PyTorch (fake-quant) forward: the tool exits with status 1 when the
-cosine similarity of any output is below ``--tolerance``.
+onnxruntime on a generated input, as written (no graph optimization) and
+optimized (the fused integer kernels), and its outputs are compared with
+the PyTorch (fake-quant) forward: the tool exits with status 1 when the
+cosine similarity of any output is below ``--tolerance``. On x86 CPUs
+with AVX2 but no VNNI, whose onnxruntime integer kernels saturate, only
+the as-written run decides and the optimized one is a printed warning.
 
 Parts: ``full`` (classifiers, segmentors), ``backbone``, ``backbone+neck``
 (detectors: no proposals / RoIAlign / NMS) and ``backbone+neck+encoder``
