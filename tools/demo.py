@@ -264,6 +264,9 @@ def main(argv=None) -> List[dict]:
                 if any(f is not None and f.done() for f in (job, pipe)):
                     break  # it failed before its teacher was queued
 
+    # teacher_check's warnings of every task, logged again at the end
+    teacher_warnings: List[str] = []
+
     def pipeline(task: str) -> None:
         spec, sched = TASKS[task], SCHEDULES[mode][task]
         tdir = osp.join(work_dir, task)
@@ -542,6 +545,7 @@ def main(argv=None) -> List[dict]:
         if not args.quick and 'teacher_target' in spec:
             targets[task] = spec['teacher_target']
         warn = teacher_check(rows, targets)
+        teacher_warnings.extend(warn)
         log(
             f'[{task}] done:\n' + table([r for r in rows if r['task'] == task])
         )
@@ -568,12 +572,8 @@ def main(argv=None) -> List[dict]:
         f'all done in {time.time() - t_start:.0f} s ({mode}); results in '
         f'{work_dir}/results.json and results.png\n' + table(rows)
     )
-    for r in rows:
-        if r['stage'] == 'dense' and r.get('teacher_ok') is False:
-            log(
-                f'[{r["task"]}] WARNING: teacher {r["value"]:.4g} < its '
-                f'target {r["teacher_target"]:g} {r["metric"]}'
-            )
+    for line in teacher_warnings:  # again, under the final table
+        log(line)
     return rows
 
 
