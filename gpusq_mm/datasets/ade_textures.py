@@ -40,6 +40,7 @@ def class_texture(
     width: int,
     period: tuple = (6, 14),
     textures: tuple = TEXTURES,
+    min_contrast: float = 120,
 ) -> np.ndarray:
     """Texture of class ``TEXTURE_CLASSES[label - 1]`` in random colours.
 
@@ -54,13 +55,16 @@ def class_texture(
             ``'vstripes'``, ``'dstripes'`` (diagonal), ``'smooth'``,
             ``'checker'``, ``'dots'``, ``'speckle'``. Defaults to
             :data:`TEXTURES`.
+        min_contrast (float): Least summed RGB distance between the
+            pattern's two colours, so that it stays visible. Defaults
+            to 120.
 
     Returns:
         np.ndarray: ``(height, width, 3)`` float image.
     """
     c0, c1 = random_colour(rng), random_colour(rng)
     # keep the two colours apart so the pattern is visible
-    while np.abs(c0 - c1).sum() < 120:
+    while np.abs(c0 - c1).sum() < min_contrast:
         c1 = random_colour(rng)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     period = rng.uniform(*period)

@@ -20,7 +20,7 @@ from .cls_folders import generate_cls
 from .coco_shapes import generate_coco
 
 #: Bump when the generators change what they draw.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 MANIFEST = 'gpusq_manifest.json'
 
 #: task -> (sub-folder, generator, default train count, default val count)

@@ -116,7 +116,7 @@ RUN_ORDER = ('seg', 'det', 'cls')
 SCHEDULES = {
     'full': {
         'det': dict(dense=600, stage1=100, qat=50, data=(160, 80)),
-        'seg': dict(dense=2000, stage1=100, qat=100, data=(160, 100)),
+        'seg': dict(dense=2000, stage1=100, qat=100, data=(160, 160)),
         # kd_seeds: sparse24 and sparse24_nokd over this many seeds
         'cls': dict(dense=24, stage1=2, qat=1, data=(3000, 600), kd_seeds=3),
     },

@@ -19,7 +19,9 @@ default_scope = 'mmpretrain'
 data_root = 'data/gpusq_demo/cls'
 num_classes = 6  # class folders, see gpusq_mm.datasets.SHAPE_CLASSES
 img_size = 56  # 14x14 tokens: two 7x7 windows a side
-max_epochs = 24  # 12 left the teacher rising (+2 points in its last quarter)
+# 24 epochs from the seg backbone: 92.33 / 92.50 / 92.67 % top-1 over seeds
+# 0 / 1 / 2 (+0.3 to +1.2 in the last quarter: level); 12 left it rising
+max_epochs = 24
 val_interval = max_epochs // 4  # the learning curve: 4 validations
 embed_dims = 32
 
