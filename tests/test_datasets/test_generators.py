@@ -135,3 +135,24 @@ def test_class_texture_patterns_and_period():
     assert not np.allclose(rows[:56], rows[8:], atol=1e-3)
     with pytest.raises(ValueError, match="'zigzag'"):
         class_texture(rng, 1, 8, 8, textures=('zigzag',))
+
+
+def test_pattern_colours_keep_their_contrast():
+    """The two colours of a fill pattern differ by at least ``min_contrast``
+    (summed RGB); the classifier's images ask for more than the default,
+    which some draws would miss."""
+    from gpusq_mm.datasets.ade_textures import class_texture
+    from gpusq_mm.datasets.cls_folders import CLS_MIN_CONTRAST
+
+    def spread(min_contrast, seed):
+        rng = np.random.default_rng(seed)
+        # label 3: checks, exactly the two colours
+        tex = class_texture(rng, 3, 16, 16, min_contrast=min_contrast)
+        colours = np.unique(tex.reshape(-1, 3), axis=0)
+        assert len(colours) == 2
+        return np.abs(colours[0] - colours[1]).sum()
+
+    assert CLS_MIN_CONTRAST == 200
+    assert min(spread(CLS_MIN_CONTRAST, s) for s in range(40)) >= 200
+    default = [spread(120, s) for s in range(40)]
+    assert min(default) >= 120 and min(default) < 200
