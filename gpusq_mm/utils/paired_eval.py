@@ -14,8 +14,10 @@ predicted and true class) are kept, and:
 - **one image**: the largest change of each model's metric when one image
   is left out, the "one image moves the metric by" figure.
 
-COCO mAP (mmdet) is not a sum over images, so detectors are refused with
-that reason.
+Detectors (mmdet ``CocoMetric``): COCO bbox mAP is not a sum over images,
+but pycocotools matches each image's detections on its own; those matches
+are kept and the mAP of any resample is accumulated from them
+(:mod:`gpusq_mm.utils.coco_per_image`), in mmdet's units (0-1).
 """
 
 import copy
@@ -25,10 +27,20 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ['per_image_stats', 'paired_compare', 'metric_of']
+__all__ = ['per_image_stats', 'paired_compare', 'metric_of', 'DIGITS']
 
-# evaluator type -> the metric key it reports
-SUPPORTED = {'IoUMetric': 'mIoU', 'Accuracy': 'accuracy/top1'}
+# evaluator type -> the metric key it reports (CocoMetric: bbox only,
+# under the metric's prefix)
+SUPPORTED = {
+    'IoUMetric': 'mIoU',
+    'Accuracy': 'accuracy/top1',
+    'CocoMetric': 'bbox_mAP',
+}
+# how far the recomputed full-set metric may sit from the evaluator's
+# rounded one (mmseg / mmpretrain round to 0.01 %, mmdet to 0.001)
+TOLERANCE = {'IoUMetric': 0.011, 'Accuracy': 0.011, 'CocoMetric': 0.0006}
+# decimals the evaluator reports (% for mIoU / top-1, 0-1 for mAP)
+DIGITS = {'IoUMetric': 2, 'Accuracy': 2, 'CocoMetric': 3}
 
 
 def _metric_cfg(cfg) -> dict:
@@ -39,10 +51,19 @@ def _metric_cfg(cfg) -> dict:
     if len(found) != 1:
         raise ValueError(
             f'test_evaluator types {kinds}: a paired comparison needs '
-            f'exactly one of {sorted(SUPPORTED)} (per-image statistics); '
-            'COCO mAP is not a sum over images'
+            f'exactly one of {sorted(SUPPORTED)}'
         )
-    return copy.deepcopy(found[0])
+    metric_cfg = copy.deepcopy(found[0])
+    if metric_cfg['type'] == 'CocoMetric':
+        wanted = metric_cfg.get('metric', 'bbox')
+        wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+        if 'bbox' not in wanted:
+            raise ValueError(
+                f'test_evaluator CocoMetric metric={wanted}: the paired '
+                "comparison scores bbox mAP, add 'bbox'"
+            )
+        metric_cfg['metric'] = 'bbox'  # masks are not compared
+    return metric_cfg
 
 
 def per_image_stats(
@@ -58,8 +79,10 @@ def per_image_stats(
     Returns:
         dict: ``kind`` (evaluator type), ``key`` (metric name), ``stats``
         (per-image arrays: ``intersect``/``union`` ``(N, C)`` for
-        ``IoUMetric``, ``correct`` ``(N,)`` for ``Accuracy``), ``reported``
-        (the evaluator's own full-set value).
+        ``IoUMetric``, ``correct`` ``(N,)`` for ``Accuracy``; for
+        ``CocoMetric`` ``images`` ``(N,)`` (the COCO image ids) and
+        ``per_image``, see :func:`coco_per_image`), ``reported`` (the
+        evaluator's own full-set value).
     """
     from mmengine.config import Config
     from mmengine.evaluator import Evaluator
@@ -98,7 +121,10 @@ def per_image_stats(
             evaluator.process(model.test_step(batch), batch)
     reported = evaluator.evaluate(len(loader.dataset))
     key = SUPPORTED[kind]
-    if kind == 'IoUMetric':
+    if kind == 'CocoMetric':
+        key = f'{metric.prefix}/{key}'
+        stats = _coco_stats(metric, kept)
+    elif kind == 'IoUMetric':
         stats = dict(
             intersect=np.stack([r[0].numpy() for r in kept]).astype(float),
             union=np.stack([r[1].numpy() for r in kept]).astype(float),
@@ -114,8 +140,8 @@ def per_image_stats(
             correct.append(pred == gt)
         stats = dict(correct=np.asarray(correct, dtype=float))
     out = dict(kind=kind, key=key, stats=stats, reported=reported[key])
-    got = metric_of(out, np.arange(len(kept)))
-    if abs(got - out['reported']) > 0.011:  # the evaluator rounds to 0.01
+    got = metric_of(out, np.arange(_count(out)))
+    if abs(got - out['reported']) > TOLERANCE[kind]:
         raise RuntimeError(
             f'{checkpoint}: per-image statistics give {key} {got:.3f}, the '
             f'evaluator {out["reported"]:.3f}'
@@ -123,10 +149,32 @@ def per_image_stats(
     return out
 
 
+def _coco_stats(metric, kept: List) -> Dict:
+    """Per-image matches of an mmdet ``CocoMetric``'s kept results."""
+    from gpusq_mm.utils.coco_per_image import coco_per_image, detections_of
+
+    _, preds = zip(*kept)
+    per_image = coco_per_image(
+        metric._coco_api,
+        detections_of(metric, preds),
+        metric.cat_ids,
+        metric.img_ids,
+    )
+    return dict(images=np.asarray(per_image['img_ids']), per_image=per_image)
+
+
+def _count(scored: Dict) -> int:
+    return len(next(iter(scored['stats'].values())))
+
+
 def metric_of(scored: Dict, index: Sequence[int]) -> float:
     """The metric (in the evaluator's units) over the images ``index``
     (repeats allowed)."""
     s = scored['stats']
+    if scored['kind'] == 'CocoMetric':
+        from gpusq_mm.utils.coco_per_image import coco_map
+
+        return coco_map(s['per_image'], index)
     if scored['kind'] == 'IoUMetric':
         inter = s['intersect'][index].sum(0)
         union = s['union'][index].sum(0)
@@ -137,7 +185,7 @@ def metric_of(scored: Dict, index: Sequence[int]) -> float:
 
 
 def _one_image(scored: Dict) -> float:
-    n = len(next(iter(scored['stats'].values())))
+    n = _count(scored)
     full = metric_of(scored, np.arange(n))
     every = np.arange(n)
     return max(
@@ -164,9 +212,13 @@ def paired_compare(
     """
     if a['kind'] != b['kind']:
         raise ValueError(f'different metrics: {a["kind"]} vs {b["kind"]}')
-    n = len(next(iter(a['stats'].values())))
-    if n != len(next(iter(b['stats'].values()))):
+    n = _count(a)
+    if n != _count(b):
         raise ValueError('the two runs scored different numbers of images')
+    if 'images' in a['stats'] and not np.array_equal(
+        a['stats']['images'], b['stats']['images']
+    ):
+        raise ValueError('the two runs scored different images')
     if boot < 100:
         raise ValueError(f'boot={boot}: use at least 100 resamples')
     every = np.arange(n)
@@ -177,14 +229,15 @@ def paired_compare(
         idx = rng.integers(0, n, n)
         diffs[i] = metric_of(b, idx) - metric_of(a, idx)
     low, high = np.percentile(diffs, [2.5, 97.5])
+    nd = DIGITS[a['kind']] + 1
     return dict(
         key=a['key'],
         images=n,
-        a=round(va, 3),
-        b=round(vb, 3),
-        diff=round(vb - va, 3),
-        ci95=[round(float(low), 3), round(float(high), 3)],
+        a=round(va, nd),
+        b=round(vb, nd),
+        diff=round(vb - va, nd),
+        ci95=[round(float(low), nd), round(float(high), nd)],
         p_b_above=round(float((diffs > 0).mean()), 3),
-        one_image_a=round(_one_image(a), 3),
-        one_image_b=round(_one_image(b), 3),
+        one_image_a=round(_one_image(a), nd),
+        one_image_b=round(_one_image(b), nd),
     )

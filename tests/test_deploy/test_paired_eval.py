@@ -86,10 +86,28 @@ def test_compare_runs_tool_on_the_generated_val_set(
     assert 'one image moves the metric by up to' in printed
     same = tool.main([CONFIGS['cls'], a, a] + args)
     assert same['diff'] == 0 and same['ci95'] == [0.0, 0.0]
-    # a detector's COCO mAP is not a per-image sum: refused, named
+
+
+def test_compare_runs_tool_on_a_detector(tmp_path, coco_cfg_options, capsys):
+    """COCO bbox mAP: each image's pycocotools matches are kept, the
+    full-set value is checked against the evaluator's inside; masks are not
+    compared, and an evaluator without bbox is refused, named."""
+    a, b = str(tmp_path / 'a.pth'), str(tmp_path / 'b.pth')
+    make_student('det', a, stage=0)
+    make_student('det', b, stage=1)
+    tool = _tool('analysis', 'compare_runs.py')
+    args = ['--boot', '100', '--cfg-options'] + coco_cfg_options
+    res = tool.main([CONFIGS['det'], a, b] + args)
+    assert res['key'] == 'coco/bbox_mAP' and res['images'] == 4
+    assert 0 <= res['a'] <= 1 and res['ci95'][0] <= res['ci95'][1]
+    assert 'coco/bbox_mAP on 4 images' in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        tool.main([CONFIGS['det'], a, b])
-    assert 'COCO mAP is not a sum over images' in capsys.readouterr().err
+        tool.main(
+            [CONFIGS['det'], a, b]
+            + args
+            + ['test_evaluator.metric=segm', 'test_evaluator.type=CocoMetric']
+        )
+    assert "metric=['segm']" in capsys.readouterr().err
 
 
 def test_plain_config_checkpoint_with_applied_masks_loads(

@@ -7,9 +7,9 @@
 Scores both checkpoints on CONFIG_A's test set (CONFIG_B's for B when
 given; both must list the same images) image by image, then prints B - A
 with a paired-bootstrap 95 % interval and the largest change one image
-makes to each metric (leave one out). Segmentors (mIoU) and classifiers
-(top-1); COCO mAP is not a per-image sum and is refused. See
-:mod:`gpusq_mm.utils.paired_eval`.
+makes to each metric (leave one out). Segmentors (mIoU), classifiers
+(top-1) and detectors (COCO bbox mAP, 0-1, accumulated from each image's
+pycocotools matches). See :mod:`gpusq_mm.utils.paired_eval`.
 """
 
 import argparse
@@ -25,6 +25,7 @@ if REPO_ROOT not in sys.path:
 from mmengine.config import DictAction  # noqa: E402
 
 from gpusq_mm.utils.paired_eval import (  # noqa: E402
+    DIGITS,
     paired_compare,
     per_image_stats,
 )
@@ -55,6 +56,7 @@ def main(argv=None) -> dict:
         print(f'compare_runs: error: {e}', file=sys.stderr)
         raise SystemExit(1)
     low, high = res['ci95']
+    d = DIGITS[a['kind']]
     verdict = (
         'B above A'
         if low > 0
@@ -63,14 +65,15 @@ def main(argv=None) -> dict:
         else 'not separated by this val set'
     )
     print(
-        f'{res["key"]} on {res["images"]} images: A {res["a"]:.2f}, '
-        f'B {res["b"]:.2f}; B - A {res["diff"]:+.2f}, 95 % interval '
-        f'[{low:+.2f}, {high:+.2f}] ({args.boot} paired resamples): '
+        f'{res["key"]} on {res["images"]} images: A {res["a"]:.{d}f}, '
+        f'B {res["b"]:.{d}f}; B - A {res["diff"]:+.{d}f}, 95 % interval '
+        f'[{low:+.{d}f}, {high:+.{d}f}] ({args.boot} paired resamples): '
         f'{verdict}'
     )
     print(
-        f'one image moves the metric by up to {res["one_image_a"]:.2f} (A), '
-        f'{res["one_image_b"]:.2f} (B) points'
+        'one image moves the metric by up to '
+        f'{res["one_image_a"]:.{d + 1}f} (A), '
+        f'{res["one_image_b"]:.{d + 1}f} (B)'
     )
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)

@@ -232,8 +232,8 @@ def measure_model(
     return out
 
 
-# (row, compared with): B - A over the same val images, per task whose
-# metric is a per-image sum (mIoU, top-1; not COCO mAP)
+# (row, compared with): B - A over the same val images (mIoU, top-1, COCO
+# bbox mAP from each image's matches)
 PAIRS = (
     ('sparse24', 'sparse24_nokd'),
     ('sparse24', 'dense'),
@@ -258,6 +258,7 @@ def paired_rows(
         metric recomputed from the per-image statistics).
     """
     from gpusq_mm.utils.paired_eval import (
+        DIGITS,
         metric_of,
         paired_compare,
         per_image_stats,
@@ -273,15 +274,17 @@ def paired_rows(
         out.setdefault(row, {})[f'vs_{other}'] = res
         low, high = res['ci95']
         swing = max(res['one_image_a'], res['one_image_b'])
+        d = DIGITS[scored[row]['kind']]
         log(
-            f'[paired] {row} - {other}: {res["diff"]:+.2f} '
-            f'[{low:+.2f}, {high:+.2f}] on {res["images"]} images '
-            f'(one image: up to {swing:.2f})'
+            f'[paired] {row} - {other}: {res["diff"]:+.{d}f} '
+            f'[{low:+.{d}f}, {high:+.{d}f}] on {res["images"]} images '
+            f'(one image: up to {swing:.{d + 1}f})'
         )
     for row, res in out.items():
         stats = scored[row]
         n = len(next(iter(stats['stats'].values())))
-        res['rescored'] = round(metric_of(stats, list(range(n))), 3)
+        nd = DIGITS[stats['kind']] + 1
+        res['rescored'] = round(metric_of(stats, list(range(n))), nd)
     return out
 
 
