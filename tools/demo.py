@@ -60,6 +60,7 @@ from gpusq_demo.configs import (  # noqa: F401
     dense_val_interval,
     prepare_config,
     stage1_checkpoint,
+    test_set_options,
 )
 from gpusq_demo.oneshot import oneshot_checkpoint
 from gpusq_demo.results import (  # noqa: F401
@@ -179,6 +180,24 @@ def main(argv=None) -> List[dict]:
             )
         return osp.abspath(root).rstrip('/') + '/'
 
+    def score_root_of(task: str) -> Optional[str]:
+        """The task's scoring set (``score`` images of its schedule: the
+        val set's images and more from the same generator), None where
+        the rows are scored on the val set."""
+        num = SCHEDULES[mode][task].get('score')
+        if not num:
+            return None
+        log(
+            f'[{task}] generating the scoring set ({num} images: the '
+            f'{SCHEDULES[mode][task]["data"][1]} val images and more)'
+        )
+        with inproc:
+            # one train image: the folder layout needs one, nothing uses it
+            root = generate_task(
+                task, osp.join(work_dir, 'data', 'score'), 1, num, args.seed
+            )
+        return osp.abspath(root).rstrip('/') + '/'
+
     # task -> Future of its dense (config, work dir, checkpoint)
     dense_runs: Dict[str, Future] = {}
     dense_lock = threading.Lock()
@@ -280,6 +299,7 @@ def main(argv=None) -> List[dict]:
             for ready in gating_data.values():
                 ready.wait()
             data_root = data_root_of(task)
+        score_root = score_root_of(task)
 
         # 1. dense teacher
         dense_cfg, dense_dir, dense_ckpt = dense_of(task, data_root).result()
@@ -425,6 +445,7 @@ def main(argv=None) -> List[dict]:
                     oneshot=(oneshot_ckpt, oneshot_metrics),
                     extra=extra_dirs,
                     seeds=seed_values,
+                    score_root=score_root,
                 ),
             )
 
@@ -513,24 +534,45 @@ def main(argv=None) -> List[dict]:
                 )
             )
         paired = {}
-        if spec.get('paired'):
+        score_root = got['score_root']
+        if spec.get('paired') or score_root:
             stage1_ckpt = stage1_checkpoint(gpusq_cfg, gpusq_dir, sched)
             paired = paired_rows(
                 {
                     'dense': (dense_cfg, dense_ckpt),
+                    'sparse24_oneshot': (gpusq_cfg, oneshot_ckpt),
                     'sparse24_nokd': (nokd_cfg, nokd_ckpt),
                     'sparse24': (gpusq_cfg, stage1_ckpt),
                     'sparse24_int8': (gpusq_cfg, last_checkpoint(gpusq_dir)),
-                }
+                },
+                # every config has the same test split: one set of options
+                cfg_options=test_set_options(gpusq_cfg, score_root)
+                if score_root
+                else None,
             )
         for stage, value, measured in results:
             row = dict(task=task, stage=stage, metric=key, value=value)
             row.update(measured, size_mb=round(measured['size_mb'], 4))
             if stage in paired:
                 row['paired'] = paired[stage]
+                if score_root:
+                    # the row's value is the scoring set's; the val set's
+                    # (the training run's own validation) is kept
+                    row['val_value'] = value
+                    row['value'] = paired[stage]['rescored']
+            elif score_root:
+                raise RuntimeError(
+                    f'[{task}] row {stage} is not scored on the scoring set '
+                    f"{score_root}: its value would be the val set's"
+                )
             if stage == 'dense':
                 row.update(curve)
             if seed_values.get(stage):
+                if score_root:
+                    raise RuntimeError(
+                        f'[{task}] kd_seeds and a scoring set: the extra '
+                        "seeds' values are the val set's"
+                    )
                 # seed args.seed first, then the extra seeds
                 row.update(seed_stats([value] + seed_values[stage]))
             rows.append(row)

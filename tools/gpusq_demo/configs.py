@@ -31,6 +31,36 @@ def _set_data_root(cfg, data_root: str) -> None:
                 e['ann_file'] = osp.join(data_root, rel)
 
 
+def test_set_options(config: str, data_root: str) -> dict:
+    """``cfg_options`` that point ``config``'s test split (dataset and
+    COCO evaluator) at another folder of the same layout: the demo's
+    scoring set."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(config)
+    key, ds = 'test_dataloader.dataset', cfg.test_dataloader['dataset']
+    while 'dataset' in ds and 'data_root' not in ds:  # wrappers
+        key, ds = key + '.dataset', ds['dataset']
+    if 'data_root' not in ds:
+        raise KeyError(f'{config}: test_dataloader has no data_root to move')
+    options = {f'{key}.data_root': data_root}
+    ev = cfg.get('test_evaluator')
+    if isinstance(ev, (list, tuple)):
+        raise ValueError(
+            f'{config}: a list of test_evaluator entries; the scoring set '
+            'moves one evaluator'
+        )
+    if ev is not None and 'ann_file' in ev:
+        rel = osp.relpath(ev['ann_file'], ds['data_root'])
+        if rel.startswith('..'):
+            raise ValueError(
+                f'{config}: test_evaluator.ann_file {ev["ann_file"]} is not '
+                f'under the test data_root {ds["data_root"]}'
+            )
+        options['test_evaluator.ann_file'] = osp.join(data_root, rel)
+    return options
+
+
 def _iter_based(cfg) -> bool:
     return cfg.train_cfg.get('type') == 'IterBasedTrainLoop' or (
         'max_iters' in cfg.train_cfg

@@ -238,24 +238,35 @@ PAIRS = (
     ('sparse24', 'sparse24_nokd'),
     ('sparse24', 'dense'),
     ('sparse24_int8', 'dense'),
+    ('sparse24_oneshot', 'sparse24'),
 )
+#: the rows paired_rows scores image by image
+SCORED = tuple(sorted({s for pair in PAIRS for s in pair}))
 
 
 def paired_rows(
-    runs: Dict[str, tuple], boot: int = 1000
+    runs: Dict[str, tuple],
+    boot: int = 1000,
+    cfg_options: Optional[dict] = None,
 ) -> Dict[str, Dict[str, dict]]:
-    """Paired comparisons of the rows on the same val images.
+    """Every row of :data:`SCORED` scored image by image on the same
+    images, and the paired comparisons of :data:`PAIRS`.
 
     Args:
         runs (dict): stage -> ``(config, checkpoint)`` of each row in
-            :data:`PAIRS`.
+            :data:`SCORED`.
         boot (int): paired bootstrap resamples. Defaults to 1000.
+        cfg_options (dict, optional): overrides of every config (the
+            scoring set's ``test_dataloader`` / ``test_evaluator``, see
+            :func:`gpusq_demo.configs.test_set_options`); None: the
+            configs' own test set (the demo's val set).
 
     Returns:
-        dict: row -> ``{'vs_<other>': gpusq_mm.utils.paired_eval
+        dict: row -> ``rescored`` (the row's metric recomputed from its
+        per-image statistics), ``images`` (how many) and, for the rows
+        compared, ``{'vs_<other>': gpusq_mm.utils.paired_eval
         .paired_compare(other, row)}`` (``diff`` = row - other with its
-        95 % interval, ``one_image_*`` swings) and ``rescored`` (the row's
-        metric recomputed from the per-image statistics).
+        95 % interval, ``one_image_*`` swings).
     """
     from gpusq_mm.utils.paired_eval import (
         DIGITS,
@@ -265,9 +276,9 @@ def paired_rows(
     )
 
     scored = {}
-    for stage in sorted({s for pair in PAIRS for s in pair}):
+    for stage in SCORED:
         config, checkpoint = runs[stage]
-        scored[stage] = per_image_stats(config, checkpoint)
+        scored[stage] = per_image_stats(config, checkpoint, cfg_options)
     out: Dict[str, Dict[str, dict]] = {}
     for row, other in PAIRS:
         res = paired_compare(scored[other], scored[row], boot=boot)
@@ -280,11 +291,12 @@ def paired_rows(
             f'[{low:+.{d}f}, {high:+.{d}f}] on {res["images"]} images '
             f'(one image: up to {swing:.{d + 1}f})'
         )
-    for row, res in out.items():
-        stats = scored[row]
+    for row, stats in scored.items():
         n = len(next(iter(stats['stats'].values())))
         nd = DIGITS[stats['kind']] + 1
+        res = out.setdefault(row, {})
         res['rescored'] = round(metric_of(stats, list(range(n))), nd)
+        res['images'] = n
     return out
 
 
