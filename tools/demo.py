@@ -25,6 +25,11 @@ Swin classifier) it
    the per-layer feature-KD weight factors: the GPUSQ run resumed from its
    stage-1 checkpoint, so they share its 2:4 + KD stage and train only
    their own QAT stage; the ``sparse24_int8`` budget);
+6. scores the dense, one-shot, no-KD, 2:4 + KD and INT8 rows image by
+   image on the same images and compares them (paired bootstrap
+   intervals): on the val set, or for det on a larger scoring set (the
+   schedule's ``score`` images: the val images and more), whose score
+   then is the row's ``value`` (``val_value``: the run's own validation);
 
 and writes ``results.json`` (one row per task and stage), ``results.png``
 and prints the table. The final student's row also gets its ONNX numbers:
