@@ -10,6 +10,15 @@ import os.path as osp
 from typing import Optional
 
 
+def _inner_dataset(loader) -> tuple:
+    """``(key under the loader, dataset cfg)`` of the dataset holding the
+    loader's ``data_root`` (through dataset wrappers)."""
+    key, ds = 'dataset', loader['dataset']
+    while 'dataset' in ds and 'data_root' not in ds:  # wrappers
+        key, ds = key + '.dataset', ds['dataset']
+    return key, ds
+
+
 def _set_data_root(cfg, data_root: str) -> None:
     """Point every dataset (and the COCO evaluator) at ``data_root``."""
     old = None
@@ -17,9 +26,7 @@ def _set_data_root(cfg, data_root: str) -> None:
         loader = cfg.get(split)
         if loader is None:
             continue
-        ds = loader['dataset']
-        while 'dataset' in ds and 'data_root' not in ds:  # wrappers
-            ds = ds['dataset']
+        _, ds = _inner_dataset(loader)
         old = ds.get('data_root', old)
         ds['data_root'] = data_root
     for key in ('val_evaluator', 'test_evaluator'):
@@ -38,12 +45,10 @@ def test_set_options(config: str, data_root: str) -> dict:
     from mmengine.config import Config
 
     cfg = Config.fromfile(config)
-    key, ds = 'test_dataloader.dataset', cfg.test_dataloader['dataset']
-    while 'dataset' in ds and 'data_root' not in ds:  # wrappers
-        key, ds = key + '.dataset', ds['dataset']
+    key, ds = _inner_dataset(cfg.test_dataloader)
     if 'data_root' not in ds:
         raise KeyError(f'{config}: test_dataloader has no data_root to move')
-    options = {f'{key}.data_root': data_root}
+    options = {f'test_dataloader.{key}.data_root': data_root}
     ev = cfg.get('test_evaluator')
     if isinstance(ev, (list, tuple)):
         raise ValueError(
