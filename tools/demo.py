@@ -554,6 +554,10 @@ def main(argv=None) -> List[dict]:
                 cfg_options=test_set_options(gpusq_cfg, score_root)
                 if score_root
                 else None,
+                # collect runs with every slot: one scoring per slot, each
+                # with its share of the cores
+                workers=lanes.jobs,
+                threads=lanes.threads(1),
             )
         for stage, value, measured in results:
             row = dict(task=task, stage=stage, metric=key, value=value)

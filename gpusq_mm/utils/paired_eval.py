@@ -17,17 +17,34 @@ predicted and true class) are kept, and:
 Detectors (mmdet ``CocoMetric``): COCO bbox mAP is not a sum over images,
 but pycocotools matches each image's detections on its own; those matches
 are kept and the mAP of any resample is accumulated from them
-(:mod:`gpusq_mm.utils.coco_per_image`), in mmdet's units (0-1).
+(:mod:`gpusq_mm.utils.coco_per_image`), in mmdet's units (0-1). Masks are
+not compared, so a detector's mask branch does not run while it is scored
+(about a third of a tiny Mask R-CNN's CPU inference); its boxes are the
+ones it predicts with masks, up to float rounding (mmdet rescales them
+at another point of ``predict`` then).
+
+:func:`score_many` scores several checkpoints side by side, in worker
+processes with their own thread counts (on a small CPU, two one-thread
+processes score faster than one two-thread process).
 """
 
 import copy
+import multiprocessing
 import os.path as osp
-from typing import Dict, List, Optional, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ['per_image_stats', 'paired_compare', 'metric_of', 'DIGITS']
+__all__ = [
+    'per_image_stats',
+    'score_many',
+    'drop_mask_branch',
+    'paired_compare',
+    'metric_of',
+    'DIGITS',
+]
 
 # evaluator type -> the metric key it reports (CocoMetric: bbox only,
 # under the metric's prefix)
@@ -66,6 +83,21 @@ def _metric_cfg(cfg) -> dict:
     return metric_cfg
 
 
+def drop_mask_branch(model: torch.nn.Module) -> int:
+    """Switch off the mask prediction of every RoI head in ``model``
+    (mmdet's ``with_mask`` is ``mask_head is not None``); returns how many
+    heads had one. Only for scoring boxes: the model predicts no masks
+    afterwards."""
+    dropped = 0
+    for module in list(model.modules()):
+        if getattr(module, 'with_mask', False) and hasattr(
+            module, 'mask_head'
+        ):
+            module.mask_head = None
+            dropped += 1
+    return dropped
+
+
 def per_image_stats(
     config: str, checkpoint: str, cfg_options: Optional[dict] = None
 ) -> Dict:
@@ -99,6 +131,8 @@ def per_image_stats(
     metric_cfg = _metric_cfg(cfg)  # before loading: refuse early
     model, cfg = load_student(config, checkpoint, cfg_options)
     kind = metric_cfg['type']
+    if kind == 'CocoMetric':
+        drop_mask_branch(model)  # bbox only: masks would be thrown away
     if kind == 'Accuracy':
         metric_cfg['topk'] = (1,)
     loader_cfg = copy.deepcopy(cfg.test_dataloader)
@@ -147,6 +181,51 @@ def per_image_stats(
             f'evaluator {out["reported"]:.3f}'
         )
     return out
+
+
+def _score_with_threads(
+    job: Tuple[str, str, Optional[dict]], threads: Optional[int]
+) -> Dict:
+    if threads:
+        torch.set_num_threads(threads)
+    return per_image_stats(*job)
+
+
+def score_many(
+    jobs: Sequence[Tuple[str, str, Optional[dict]]],
+    workers: int = 1,
+    threads: Optional[int] = None,
+) -> List[Dict]:
+    """:func:`per_image_stats` of each ``(config, checkpoint,
+    cfg_options)`` in ``jobs``, in their order.
+
+    Args:
+        jobs (list): ``(config, checkpoint, cfg_options)`` per model.
+        workers (int): processes scoring side by side (spawned: each
+            builds its own model); 1: one after the other in this process.
+            Defaults to 1.
+        threads (int, optional): torch threads of each scoring (None:
+            torch's default).
+
+    Returns:
+        list[dict]: :func:`per_image_stats` of each job.
+    """
+    if workers < 1:
+        raise ValueError(f'workers must be >= 1, got {workers}')
+    jobs = [tuple(job) for job in jobs]
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        before = torch.get_num_threads()
+        try:
+            return [_score_with_threads(job, threads) for job in jobs]
+        finally:
+            torch.set_num_threads(before)
+    ctx = multiprocessing.get_context('spawn')
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = [
+            pool.submit(_score_with_threads, job, threads) for job in jobs
+        ]
+        return [f.result() for f in futures]
 
 
 def _coco_stats(metric, kept: List) -> Dict:

@@ -138,3 +138,55 @@ def test_plain_config_checkpoint_with_applied_masks_loads(
     torch.save({'state_dict': state}, path)
     with pytest.raises(KeyError, match='sparsity_mask is not applied'):
         load_student(config, path)
+
+
+def test_detector_scored_without_masks_side_by_side(
+    tmp_path, coco_cfg_options
+):
+    """Scoring a detector switches its mask branch off (bbox mAP only):
+    the same boxes as with masks, up to float rounding, and no masks; two
+    worker processes score exactly what one process scores in turn."""
+    import copy
+
+    import torch
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import Runner
+
+    from gpusq_mm.deploy import load_student
+    from gpusq_mm.utils.paired_eval import drop_mask_branch, score_many
+
+    opts = dict(opt.split('=', 1) for opt in coco_cfg_options)
+    a, b = str(tmp_path / 'a.pth'), str(tmp_path / 'b.pth')
+    make_student('det', a, stage=0)
+    make_student('det', b, stage=1)
+
+    model, cfg = load_student(CONFIGS['det'], a, opts)
+    loader_cfg = copy.deepcopy(cfg.test_dataloader)
+    loader_cfg.update(num_workers=0, persistent_workers=False)
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
+        batch = next(iter(Runner.build_dataloader(loader_cfg)))
+    with torch.no_grad():
+        (full,) = model.test_step(batch)
+        assert drop_mask_branch(model) == 1
+        assert drop_mask_branch(model) == 0  # nothing left to drop
+        (boxes,) = model.test_step(batch)
+    full, boxes = full.pred_instances, boxes.pred_instances
+    assert len(full) > 0 and 'masks' in full and 'masks' not in boxes
+    assert torch.equal(full.labels, boxes.labels)
+    assert torch.allclose(full.scores, boxes.scores)
+    assert torch.allclose(full.bboxes, boxes.bboxes, atol=1e-3)
+
+    jobs = [(CONFIGS['det'], a, opts), (CONFIGS['det'], b, opts)]
+    before = torch.get_num_threads()
+    one = score_many(jobs, workers=1, threads=1)
+    assert torch.get_num_threads() == before  # the caller's threads kept
+    two = score_many(jobs, workers=2, threads=1)
+    every = np.arange(4)
+    resample = np.array([0, 0, 3, 1])
+    for x, y in zip(one, two):
+        assert x['reported'] == y['reported']
+        assert np.array_equal(x['stats']['images'], y['stats']['images'])
+        for idx in (every, resample):
+            assert metric_of(x, idx) == metric_of(y, idx)
+    with pytest.raises(ValueError, match='workers must be >= 1'):
+        score_many(jobs, workers=0)

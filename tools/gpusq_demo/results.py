@@ -248,6 +248,8 @@ def paired_rows(
     runs: Dict[str, tuple],
     boot: int = 1000,
     cfg_options: Optional[dict] = None,
+    workers: int = 1,
+    threads: Optional[int] = None,
 ) -> Dict[str, Dict[str, dict]]:
     """Every row of :data:`SCORED` scored image by image on the same
     images, and the paired comparisons of :data:`PAIRS`.
@@ -260,6 +262,10 @@ def paired_rows(
             scoring set's ``test_dataloader`` / ``test_evaluator``, see
             :func:`gpusq_demo.configs.test_set_options`); None: the
             configs' own test set (the demo's val set).
+        workers (int): checkpoints scored side by side, each in its own
+            process (``gpusq_mm.utils.paired_eval.score_many``). Defaults
+            to 1 (one after the other, in this process).
+        threads (int, optional): torch threads of each scoring.
 
     Returns:
         dict: row -> ``rescored`` (the row's metric recomputed from its
@@ -272,13 +278,11 @@ def paired_rows(
         DIGITS,
         metric_of,
         paired_compare,
-        per_image_stats,
+        score_many,
     )
 
-    scored = {}
-    for stage in SCORED:
-        config, checkpoint = runs[stage]
-        scored[stage] = per_image_stats(config, checkpoint, cfg_options)
+    jobs = [(*runs[stage], cfg_options) for stage in SCORED]
+    scored = dict(zip(SCORED, score_many(jobs, workers, threads)))
     out: Dict[str, Dict[str, dict]] = {}
     for row, other in PAIRS:
         res = paired_compare(scored[other], scored[row], boot=boot)
