@@ -26,10 +26,12 @@ Swin classifier) it
    stage-1 checkpoint, so they share its 2:4 + KD stage and train only
    their own QAT stage; the ``sparse24_int8`` budget);
 6. scores the dense, one-shot, no-KD, 2:4 + KD and INT8 rows image by
-   image on the same images and compares them (paired bootstrap
-   intervals): on the val set, or for det on a larger scoring set (the
-   schedule's ``score`` images: the val images and more), whose score
-   then is the row's ``value`` (``val_value``: the run's own validation);
+   image on the same images (one single-thread process per ``--jobs``
+   slot; a detector's boxes only, without its mask branch) and compares
+   them (paired bootstrap intervals): on the val set, or for det on a
+   larger scoring set (the schedule's ``score`` images: the val images
+   and more), whose score then is the row's ``value`` (``val_value``: the
+   run's own validation);
 
 and writes ``results.json`` (one row per task and stage), ``results.png``
 and prints the table. The final student's row also gets its ONNX numbers:
