@@ -213,6 +213,7 @@ def safe_torch_load(filename: str, map_location=None) -> Any:
             garbled).
     """
     import pickle
+    import struct
     import zipfile
 
     if not os.path.isfile(filename):
@@ -243,7 +244,17 @@ def safe_torch_load(filename: str, map_location=None) -> Any:
             f'checkpoint {filename!r} is not a readable PyTorch checkpoint '
             f'(truncated or garbled: {_reason(text)})'
         ) from e
-    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError) as e:
+    except (
+        EOFError,
+        zipfile.BadZipFile,
+        RuntimeError,
+        ValueError,
+        # what torch's weights-only unpickler raises on some garbled bytes
+        # (an opcode popping an empty stack, an unknown memo key, ...)
+        IndexError,
+        KeyError,
+        struct.error,
+    ) as e:
         text = str(e)
         if isinstance(e, RuntimeError) and not any(
             m in text for m in _CORRUPT_MARKERS
