@@ -141,20 +141,30 @@ def test_plain_config_checkpoint_with_applied_masks_loads(
 
 
 def test_detector_scored_without_masks_side_by_side(
-    tmp_path, coco_cfg_options
+    tmp_path, coco_cfg_options, monkeypatch
 ):
     """Scoring a detector switches its mask branch off (bbox mAP only):
-    the same boxes as with masks, up to float rounding, and no masks; two
-    worker processes score exactly what one process scores in turn."""
+    the same boxes as with masks, up to float rounding, and no masks
+    predicted while it is scored; two worker processes score exactly what
+    one process scores in turn."""
     import copy
 
     import torch
+    from mmdet.models.roi_heads import StandardRoIHead
     from mmengine.registry import DefaultScope
     from mmengine.runner import Runner
 
     from gpusq_mm.deploy import load_student
     from gpusq_mm.utils.paired_eval import drop_mask_branch, score_many
 
+    mask_calls = []
+    predict_mask = StandardRoIHead.predict_mask
+
+    def counted(self, *args, **kwargs):
+        mask_calls.append(1)
+        return predict_mask(self, *args, **kwargs)
+
+    monkeypatch.setattr(StandardRoIHead, 'predict_mask', counted)
     opts = dict(opt.split('=', 1) for opt in coco_cfg_options)
     a, b = str(tmp_path / 'a.pth'), str(tmp_path / 'b.pth')
     make_student('det', a, stage=0)
@@ -167,6 +177,7 @@ def test_detector_scored_without_masks_side_by_side(
         batch = next(iter(Runner.build_dataloader(loader_cfg)))
     with torch.no_grad():
         (full,) = model.test_step(batch)
+        assert mask_calls  # the spy sees the mask branch run
         assert drop_mask_branch(model) == 1
         assert drop_mask_branch(model) == 0  # nothing left to drop
         (boxes,) = model.test_step(batch)
@@ -178,7 +189,9 @@ def test_detector_scored_without_masks_side_by_side(
 
     jobs = [(CONFIGS['det'], a, opts), (CONFIGS['det'], b, opts)]
     before = torch.get_num_threads()
-    one = score_many(jobs, workers=1, threads=1)
+    mask_calls.clear()
+    one = score_many(jobs, workers=1, threads=1)  # in this process
+    assert not mask_calls  # per_image_stats predicted no masks
     assert torch.get_num_threads() == before  # the caller's threads kept
     two = score_many(jobs, workers=2, threads=1)
     every = np.arange(4)
